@@ -1,0 +1,245 @@
+"""The daemon's lifecycle, and the batch ``ask``: config in, a running pipeline, a clean exit.
+
+``run_daemon`` chooses the server and the devices (saying plainly what it chose), starts the
+embedded simulator when asked to, opens the pipeline, starts the plugins, waits for SIGINT/SIGTERM
+(or a test's trigger), and shuts down from the source: inputs first, then the pipeline drains,
+then the sinks read what is left. ``ask`` runs one turn per input file on one session.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from voiced import devices
+from voiced import protocol as p
+from voiced.audio import AudioFrame, bytes_of
+from voiced.config import Config
+from voiced.devices.wav import WavSink, read_wav
+from voiced.errors import ConfigError, VoicedError
+from voiced.events import Event, TurnEnded
+from voiced.pipeline import Pipeline, open_pipeline
+from voiced.plugins import Loaded, Plugins
+from voiced.session import Status
+from voiced.stages.transport import Endpoint
+from voiced.turn import Command, TurnCommand
+
+log = logging.getLogger("voiced")
+
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
+SINK_GRACE = 5.0
+"""Seconds sinks get at shutdown to write out what is queued."""
+
+
+def choose_url(config: Config) -> str:
+    """``realtime.url``, or when unset: OpenAI if a key is configured, else ``sim``."""
+    if config.realtime.url is not None:
+        return config.realtime.url
+    return OPENAI_URL if config.auth.api_key else "sim"
+
+
+def session_update(config: Config) -> p.SessionUpdate:
+    """The session configuration voiced sends first on every connection."""
+    rt = config.realtime
+    t = rt.transcription
+    return p.SessionUpdate(
+        voice=rt.voice,
+        instructions=rt.instructions,
+        transcription=p.Transcription(t.model, t.language, t.prompt) if t else None,
+    )
+
+
+@asynccontextmanager
+async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
+    """The endpoint to connect to, running the embedded simulator for as long as it is needed.
+
+    Raises:
+        ConfigError: a real server is configured but no API key is.
+    """
+    url = choose_url(config)
+    timeout = config.realtime.connect_timeout
+    if url != "sim":
+        if not config.auth.api_key:
+            raise ConfigError(
+                f"realtime.url is {url} but no API key is configured: set OPENAI_API_KEY "
+                "(or auth.api_key), or use realtime.url: sim",
+                file=config.source,
+                key="auth.api_key",
+            )
+        log.info("realtime: %s, model %s", url, config.realtime.model)
+        yield Endpoint(url, config.realtime.model, config.auth.api_key, timeout)
+        return
+    from voiced.sim import Simulator  # only the simulator's users pay for importing it
+
+    why = "realtime.url: sim" if config.realtime.url else "no OPENAI_API_KEY is set"
+    token = secrets.token_urlsafe(16)  # the loopback server takes only this process's token
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(Simulator(api_key=token, pace=0.0).serve)
+        sim_url = f"ws://127.0.0.1:{port}/v1/realtime"
+        log.info("realtime: the simulator built into voiced at %s (%s)", sim_url, why)
+        yield Endpoint(sim_url, config.realtime.model, token, timeout)
+        nursery.cancel_scope.cancel()
+
+
+@dataclass
+class _Handle:
+    """What one plugin sees of the daemon (``voiced.plugin_api.Daemon``)."""
+
+    commands: trio.MemorySendChannel[TurnCommand]
+    pipeline: Pipeline
+    name: str
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        return self.pipeline.broadcast.subscribe(self.name)
+
+    def status(self) -> dict[str, Any]:
+        return self.pipeline.session.status.to_json()
+
+
+async def _run_plugin(
+    loaded: Loaded, handle: _Handle, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Start a plugin; once it is up, a failure is logged and the daemon carries on."""
+    started = False
+
+    def ready() -> None:
+        nonlocal started
+        started = True
+        task_status.started()
+
+    async with handle.commands:
+        try:
+            await loaded.plugin.run(handle, task_status=_Ready(ready))
+        except Exception as exc:
+            if not started:
+                raise
+            log.error("plugin %s failed and is stopped: %s", loaded.spec.name, exc, exc_info=exc)
+
+
+class _Ready:
+    """A ``task_status`` that records that the plugin reported ready."""
+
+    def __init__(self, on_started: Callable[[], None]) -> None:
+        self._on_started = on_started
+
+    def started(self, value: None = None) -> None:
+        self._on_started()
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            return
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[Pipeline] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGINT/SIGTERM (or ``shutdown_trigger`` returns).
+
+    Args:
+        config: the configuration.
+        shutdown_trigger: awaited; when it returns, the daemon shuts down. Default: a signal.
+        task_status: gets the running pipeline once every plugin is up.
+
+    Raises:
+        VoicedError: the config, a device or a plugin is wrong at startup.
+    """
+    plugins = Plugins(config).create_enabled()
+    source = devices.open_source(config.audio.input)
+    sink = devices.open_sink(config.audio.output)
+    _say_devices(config, source.name, sink.name)
+    async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
+        status = Status(endpoint.url, endpoint.model, source.name, sink.name)
+        async with open_pipeline(
+            endpoint, session_update(config), source=source, sink=sink, status=status,
+            reconnect=True,
+        ) as pipe:  # fmt: skip
+            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe)
+            async with trio.open_nursery() as inputs:
+                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe)
+                log.info("ready: %s", ", ".join(s.spec.name for s in plugins) or "no plugins")
+                task_status.started(pipe)
+                await (shutdown_trigger or _wait_for_signal)()
+                inputs.cancel_scope.cancel()
+        # The pipeline has drained and ended every event channel: sinks write out the rest.
+        sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+
+
+async def _start_plugins(nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline) -> None:
+    for loaded in plugins:
+        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name)
+        await nursery.start(_run_plugin, loaded, handle)
+
+
+def _say_devices(config: Config, microphone: str, speaker: str) -> None:
+    if config.audio.input.backend == "auto":
+        log.info("microphone: the bundled sample utterance, looped (%s)", microphone)
+    else:
+        log.info("microphone: %s", microphone)
+    log.info("speaker: %s", speaker)
+
+
+async def ask(
+    config: Config, inputs: Sequence[Path], out: Path, *, turn_timeout: float = 120.0
+) -> list[TurnEnded]:
+    """One session, one push-to-talk turn per input file, all reply audio into ``out``.
+
+    Args:
+        config: the configuration (its audio section is not used).
+        inputs: WAV files, 24 kHz mono PCM16, sent as fast as the pipeline takes them.
+        out: the WAV file that gets every reply, in order.
+        turn_timeout: seconds a turn may take before the run fails.
+
+    Returns:
+        How each turn ended, in order.
+
+    Raises:
+        VoicedError: bad input, a rejected key, an unreachable server, a timed-out turn.
+    """
+    utterances = [read_wav(path) for path in inputs]
+    sinks_only = [s for s in Plugins(config).create_enabled() if not s.spec.input]
+    sink = WavSink(out, realtime=False)
+    results: list[TurnEnded] = []
+    async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
+        status = Status(endpoint.url, endpoint.model, "files", sink.name)
+        async with open_pipeline(
+            endpoint, session_update(config), source=None, sink=sink, status=status,
+            reconnect=False,
+        ) as pipe:  # fmt: skip
+            events = pipe.broadcast.subscribe("ask")
+            await _start_plugins(sinks, sinks_only, pipe)
+            with trio.fail_after(config.realtime.connect_timeout + 5):
+                await pipe.session.ready.wait()
+            for pcm in utterances:
+                with trio.move_on_after(turn_timeout) as scope:
+                    results.append(await _turn(pipe, pcm, events))
+                if scope.cancelled_caught:
+                    n = len(results) + 1
+                    raise VoicedError(f"turn {n} got no reply in {turn_timeout:g} s")
+        sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+    return results
+
+
+async def _turn(pipe: Pipeline, pcm: bytes, events: trio.MemoryReceiveChannel[Event]) -> TurnEnded:
+    await pipe.inbound.send(TurnCommand(Command.START, "ask"))
+    step = bytes_of(20)
+    for start in range(0, len(pcm), step):
+        await pipe.inbound.send(AudioFrame(pcm[start : start + step], trio.current_time()))
+    await pipe.inbound.send(TurnCommand(Command.COMMIT, "ask"))
+    async for event in events:
+        if isinstance(event, TurnEnded):
+            return event
+    raise VoicedError("the session ended before the turn did")

@@ -1,0 +1,69 @@
+"""Sans-IO audio value types and arithmetic for the one wire format voiced speaks.
+
+The Realtime API takes and gives 24 kHz mono PCM16 little-endian ("audio/pcm", rate 24000):
+48 bytes per millisecond. Every frame that travels between stages is that format; conversion
+from device formats happens at the device edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RATE = 24_000
+"""Samples per second on the wire."""
+SAMPLE_BYTES = 2
+"""Bytes per sample (PCM16, mono)."""
+BYTES_PER_MS = RATE * SAMPLE_BYTES // 1000
+"""48 bytes of PCM per millisecond of audio."""
+MIN_COMMIT_MS = 100
+"""The server refuses a commit of less audio than this (``input_audio_buffer_commit_empty``)."""
+
+
+def ms_of(nbytes: int) -> float:
+    """Duration in milliseconds of ``nbytes`` of wire PCM."""
+    return nbytes / BYTES_PER_MS
+
+
+def bytes_of(ms: float) -> int:
+    """Whole samples' worth of wire PCM bytes in ``ms`` milliseconds (rounded down)."""
+    return int(ms * RATE / 1000) * SAMPLE_BYTES
+
+
+def silence(nbytes: int) -> bytes:
+    """``nbytes`` of digital silence."""
+    return bytes(nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """A run of wire PCM captured from a source.
+
+    Attributes:
+        pcm: 24 kHz mono PCM16 little-endian bytes (an even count).
+        captured_at: trio clock time (seconds) when the last sample of the frame was heard.
+    """
+
+    pcm: bytes
+    captured_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAudio:
+    """A run of wire PCM from the server, on its way to the speaker.
+
+    Attributes:
+        pcm: 24 kHz mono PCM16 little-endian bytes.
+        response_id: the response it belongs to.
+        item_id: the assistant item it belongs to (the key of ``conversation.item.truncate``).
+    """
+
+    pcm: bytes
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfReply:
+    """Marks the end of a response's audio in the playback queue."""
+
+    response_id: str

@@ -1,0 +1,225 @@
+"""The ``voiced`` command: argument parsing, logging, ``trio.run``, and exit statuses.
+
+Exit status: 0 done; 2 bad config or usage (one clear line); 1 any other failure (one clear line,
+no traceback unless ``--debug``). Heavy imports happen inside the subcommands, so that
+``voiced --help`` answers at once on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from voiced import __version__
+from voiced.errors import ConfigError, UsageError, VoicedError
+
+log = logging.getLogger("voiced")
+
+CONFIG_HELP = "config file (default: ./config.yaml, then /etc/voiced/config.yaml)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="voiced",
+        description="A headless push-to-talk voice daemon for the OpenAI Realtime API.",
+        epilog="Run 'voiced COMMAND --help' for a command's options.",
+    )
+    top.add_argument("--version", action="version", version=f"voiced {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="log everything; show tracebacks")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the daemon",
+        description="Run the daemon until SIGINT or SIGTERM. Talk with the configured inputs: "
+        "Enter in the terminal, or POST /start and /commit on the HTTP port.",
+    )
+    run.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+    ask = sub.add_parser(
+        "ask",
+        parents=[common],
+        help="one turn per WAV file, replies into one WAV file",
+        description="Open one session and run one push-to-talk turn per input file, in order. "
+        "Exits 0 when every turn ended with its reply. Transcripts go to the configured sinks.",
+    )
+    ask.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    ask.add_argument("inputs", nargs="+", type=Path, metavar="IN.wav", help="24 kHz mono PCM16")
+    ask.add_argument("--out", required=True, type=Path, metavar="OUT.wav", help="reply audio")
+    ask.add_argument("--timeout", type=float, default=120.0, help="seconds per turn (120)")
+
+    sim = sub.add_parser(
+        "sim",
+        parents=[common],
+        help="run the built-in Realtime simulator",
+        description="Serve the GA Realtime protocol on a loopback WebSocket: replies echo the "
+        "committed audio, transcripts are deterministic ('heard 2140 ms').",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8765, help="port (8765; 0 picks a free one)")
+    sim.add_argument(
+        "--key",
+        default=os.environ.get("VOICED_SIM_KEY", "sk-sim"),
+        help="the bearer key clients must send ($VOICED_SIM_KEY, else sk-sim)",
+    )
+    sim.add_argument(
+        "--pace", type=float, default=0.0, help="seconds per second of reply audio (0: at once)"
+    )
+
+    check = sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the config file and the plugins' sections",
+        description="Load the config and every enabled plugin's section; print what would run.",
+    )
+    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+    plugins = sub.add_parser(
+        "plugins",
+        parents=[common],
+        help="list installed plugins, where they come from, and whether they are on",
+        description="List every plugin in the 'voiced' entry-point group.",
+    )
+    plugins.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    return top
+
+
+def _logging(debug: bool) -> None:
+    # journald adds its own timestamps; a terminal wants them.
+    under_journal = "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format=fmt if under_journal else "%(asctime)s " + fmt,
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("trio-websocket", "hypercorn.error", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _load(path: str | None):  # type: ignore[no-untyped-def]
+    from voiced.config import find_config, load_config
+
+    return load_config(find_config(path))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from voiced.app import run_daemon
+
+    trio.run(run_daemon, _load(args.config))
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    import trio
+
+    from voiced.app import ask
+
+    config = _load(args.config)
+    results = trio.run(lambda: ask(config, args.inputs, args.out, turn_timeout=args.timeout))
+    failed = [r for r in results if r.outcome != "completed"]
+    if failed:
+        raise VoicedError(", ".join(f"turn {r.turn} ended {r.outcome}" for r in failed))
+    log.info("%d turn(s) completed; replies in %s", len(results), args.out)
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    import trio
+
+    from voiced.sim import Simulator
+
+    async def serve() -> None:
+        sim = Simulator(api_key=args.key, pace=args.pace)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: sim.serve(
+                host=args.host, port=args.port, task_status=task_status
+            ))  # fmt: skip
+            log.info("simulator on ws://%s:%d/v1/realtime?model=any", args.host, port)
+
+    trio.run(serve)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from voiced.app import choose_url
+    from voiced.plugins import Plugins
+
+    config = _load(args.config)
+    loaded = Plugins(config).create_enabled()
+    print(f"{config.source}: OK")
+    print(f"  realtime: {choose_url(config)} (model {config.realtime.model})")
+    print(f"  microphone: {config.audio.input.backend}; speaker: {config.audio.output.backend}")
+    print(f"  plugins: {', '.join(p.spec.name for p in loaded) or 'none'}")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from voiced.config import Config
+    from voiced.plugins import Plugins
+
+    try:
+        config = _load(args.config)
+    except ConfigError:
+        if args.config is not None:
+            raise
+        config = Config.default()  # no config file: list what is installed, all unconfigured
+    for plugin in Plugins(config).installed():
+        about = plugin.spec.description if plugin.spec else ""
+        print(f"{plugin.name:<10} {plugin.state:<15} {plugin.origin}  {about}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "ask": _cmd_ask,
+    "sim": _cmd_sim,
+    "check-config": _cmd_check_config,
+    "plugins": _cmd_plugins,
+}
+
+
+def _first_voiced_error(exc: BaseException) -> VoicedError | None:
+    if isinstance(exc, VoicedError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_voiced_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voiced`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    _logging(args.debug)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        error = _first_voiced_error(exc)
+        if args.debug:
+            log.exception("failed")
+        if error is None:
+            log.error("unexpected error: %r (run with --debug for the traceback)", exc)
+            return 1
+        log.error("%s", error)
+        return 2 if isinstance(error, ConfigError | UsageError) else 1
+
+
+def run() -> None:
+    """Console-script entry point: exit with ``main``'s status."""
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""voiced's configuration: where the file is found, its schema, and the defaults.
+
+The schema is a tree of frozen dataclasses read by `voiced.yamlconf`, so every error names the
+file, the line and the dotted key. Defaults live here, never in the YAML. Each section under
+``plugins:`` stays raw: the plugin of that entry-point name validates it at startup with
+`plugin_enabled`, `plugin_settings` and `voiced.yamlconf.build`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+from voiced.errors import ConfigError
+from voiced.yamlconf import NOT_IN_YAML, FieldError, Located, as_mapping, build, load_document
+
+SEARCH_PATH = ("./config.yaml", "/etc/voiced/config.yaml")
+"""Where `find_config` looks, in order, when no file is named on the command line."""
+
+AudioBackend: TypeAlias = Literal["auto", "wav", "null", "pyaudio"]
+"""``auto`` picks a real device when one exists, else files; ``wav`` reads or writes ``path``;
+``null`` is silence in and a discarding speaker out; ``pyaudio`` is a real device (``device``)."""
+
+
+@dataclass(frozen=True)
+class TranscriptionConfig:
+    """Transcription of what the user said, done by the server alongside the response."""
+
+    model: str = "gpt-4o-mini-transcribe"
+    """The transcription model, e.g. ``gpt-4o-mini-transcribe`` or ``whisper-1``."""
+    language: str | None = None
+    """ISO-639-1 code of the spoken language, e.g. ``en``; None lets the model detect it."""
+    prompt: str | None = None
+    """Text that guides the transcription (names, jargon); None sends none."""
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """The Realtime server and the session voiced opens on it."""
+
+    url: str | None = None
+    """WebSocket URL without a query, e.g. ``wss://api.openai.com/v1/realtime``, or ``sim`` for
+    the simulator built into voiced. None: OpenAI when ``auth.api_key`` is set, else ``sim``."""
+    model: str = "gpt-realtime-2"
+    """The Realtime model, sent as ``?model=`` on the URL."""
+    voice: str = "marin"
+    """The voice the answers are spoken in."""
+    instructions: str = "You are a concise voice assistant. Answer in one or two short sentences."
+    """The session's system instructions."""
+    transcription: TranscriptionConfig | None = field(default_factory=TranscriptionConfig)
+    """Transcription of the user's speech; None (YAML ``null``) turns it off."""
+    connect_timeout: float = 10.0
+    """Seconds allowed for connecting and the WebSocket handshake; must be > 0."""
+
+    def __post_init__(self) -> None:
+        url = self.url
+        if url is not None and url != "sim" and not url.startswith(("ws://", "wss://")):
+            raise FieldError(f"expected a ws:// or wss:// URL, or sim, got {url!r}", field="url")
+        if url is not None and "?" in url:
+            raise FieldError(
+                "give the URL without a query; the model is realtime.model", field="url"
+            )
+        # `not >` also rejects NaN, which `<=` would let through.
+        if not self.connect_timeout > 0:
+            raise FieldError(
+                f"must be more than 0 seconds, got {self.connect_timeout}", field="connect_timeout"
+            )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Credentials for the Realtime server."""
+
+    api_key: str | None = field(default=None, repr=False)
+    """The OpenAI API key, usually ``${OPENAI_API_KEY:-}``; empty means none. Never in reprs."""
+
+    def __post_init__(self) -> None:
+        # A quoted "${OPENAI_API_KEY:-}" with the variable unset is "", which means no key.
+        if self.api_key == "":
+            object.__setattr__(self, "api_key", None)  # the dataclass is frozen
+
+
+@dataclass(frozen=True)
+class AudioInputConfig:
+    """The microphone."""
+
+    backend: AudioBackend = "auto"
+    """Where audio comes from (see `AudioBackend`)."""
+    path: str | None = None
+    """The WAV file the ``wav`` backend reads; required for it."""
+    device: str | int | None = None
+    """The ``pyaudio`` input device, by name or index; None is the system default."""
+    loop: bool = False
+    """Restart the WAV file at its end instead of ending the input."""
+    realtime: bool = True
+    """Pace a WAV file like a live microphone; false reads it as fast as possible."""
+
+    def __post_init__(self) -> None:
+        _check_backend(self.backend, self.path, self.device)
+
+
+@dataclass(frozen=True)
+class AudioOutputConfig:
+    """The speaker."""
+
+    backend: AudioBackend = "auto"
+    """Where audio goes (see `AudioBackend`)."""
+    path: str | None = None
+    """The WAV file the ``wav`` backend writes; required for it."""
+    device: str | int | None = None
+    """The ``pyaudio`` output device, by name or index; None is the system default."""
+    realtime: bool = True
+    """Pace a WAV speaker in real time; false writes as fast as audio arrives."""
+
+    def __post_init__(self) -> None:
+        _check_backend(self.backend, self.path, self.device)
+
+
+def _check_backend(backend: AudioBackend, path: str | None, device: str | int | None) -> None:
+    if backend == "wav" and path is None:
+        raise FieldError("required when backend is wav", field="path")
+    if device is not None and backend != "pyaudio":
+        raise FieldError(f"only used by backend pyaudio (backend is {backend})", field="device")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio in and out."""
+
+    input: AudioInputConfig = field(default_factory=AudioInputConfig)
+    """The microphone."""
+    output: AudioOutputConfig = field(default_factory=AudioOutputConfig)
+    """The speaker."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of voiced's configuration: one YAML file."""
+
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    """The Realtime server and session."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """Credentials."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    """Microphone and speaker."""
+    plugins: dict[str, Located] = field(default_factory=dict)
+    """Raw plugin sections by entry-point name, each a mapping (null becomes empty)."""
+    source: str | None = field(default=None, metadata={NOT_IN_YAML: True})
+    """The file this came from; None for `default`. Not a YAML key."""
+
+    @classmethod
+    def default(cls) -> Config:
+        """All defaults and no file, for code paths that run without one."""
+        return cls()
+
+
+@dataclass(frozen=True)
+class _Switch:
+    enabled: bool = True
+
+
+def find_config(explicit: str | None) -> Path:
+    """Choose the config file: the one named, else the first of `SEARCH_PATH` that exists.
+
+    Args:
+        explicit: the file given with ``--config``, if any.
+
+    Returns:
+        The path of the file, as named or as listed in `SEARCH_PATH`.
+
+    Raises:
+        ConfigError: the named file does not exist, or none of `SEARCH_PATH` does.
+    """
+    if explicit is not None:
+        if not Path(explicit).exists():
+            raise ConfigError("config file not found", file=explicit)
+        return Path(explicit)
+    for candidate in SEARCH_PATH:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    looked = " and ".join(SEARCH_PATH)
+    raise ConfigError(f"no config file: looked for {looked} (pass --config FILE)")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, check and build the configuration.
+
+    Args:
+        path: the YAML file (see `find_config`).
+
+    Returns:
+        The configuration, with ``source`` set to ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read, or something in it is wrong.
+    """
+    document = load_document(path)
+    config = build(Config, document, "")
+    # A plugin listed with nothing under it (`stdout:`) is enabled with default settings.
+    plugins = {
+        name: dataclasses.replace(section, value=as_mapping(section, section.key))
+        for name, section in config.plugins.items()
+    }
+    return dataclasses.replace(config, plugins=plugins, source=document.file)
+
+
+def plugin_enabled(section: Located) -> bool:
+    """Whether a plugin section leaves the plugin on (its optional ``enabled: bool``, default true).
+
+    Args:
+        section: the plugin's section from `Config.plugins`.
+
+    Raises:
+        ConfigError: ``enabled`` is not a boolean, or the section is not a mapping.
+    """
+    switch = {k: v for k, v in as_mapping(section, section.key).items() if k == "enabled"}
+    return build(_Switch, dataclasses.replace(section, value=switch), section.key).enabled
+
+
+def plugin_settings(section: Located) -> Located:
+    """A plugin section without its ``enabled`` key, ready for `voiced.yamlconf.build`.
+
+    Args:
+        section: the plugin's section from `Config.plugins`.
+
+    Raises:
+        ConfigError: the section is not a mapping.
+    """
+    settings = {k: v for k, v in as_mapping(section, section.key).items() if k != "enabled"}
+    return dataclasses.replace(section, value=settings)

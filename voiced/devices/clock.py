@@ -1,0 +1,59 @@
+"""A real-time pacer for sources without a device clock (files, silence).
+
+Every ``FRAME_MS`` it emits exactly the samples due since the last emission, computed from the
+trio clock, so no sample is lost or doubled however late a tick runs; ``flush`` emits the samples
+due *now*, which is how the tail of a turn reaches the server before the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from voiced.audio import AudioFrame, bytes_of
+
+FRAME_MS = 20
+"""How often a paced source emits a frame, in milliseconds."""
+
+
+class PacedClock:
+    """Emits ``produce(nbytes)`` worth of audio as it comes due on the trio clock."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._emitted = 0  # bytes emitted since _t0
+        self.dropped = 0
+        """Frames dropped because the consumer's channel was full."""
+
+    async def run(
+        self,
+        frames: trio.MemorySendChannel[AudioFrame],
+        produce: Callable[[int], bytes],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Emit frames until cancelled; never waits on ``frames`` (a full channel drops)."""
+        self._t0 = trio.current_time()
+        task_status.started()
+        tick = 0
+        while True:
+            tick += 1
+            await trio.sleep_until(self._t0 + tick * FRAME_MS / 1000)
+            frame = self.flush(produce)
+            if frame is not None:
+                try:
+                    frames.send_nowait(frame)
+                except trio.WouldBlock:
+                    self.dropped += 1
+
+    def flush(self, produce: Callable[[int], bytes]) -> AudioFrame | None:
+        """The audio due since the last frame, now; None before ``run`` or if nothing is due."""
+        if self._t0 is None:
+            return None
+        now = trio.current_time()
+        due = bytes_of((now - self._t0) * 1000)
+        if due <= self._emitted:
+            return None
+        nbytes, self._emitted = due - self._emitted, due
+        return AudioFrame(produce(nbytes), now)

@@ -1,0 +1,61 @@
+"""What the daemon tells its sinks: transcripts, state changes and finished turns.
+
+Every sink gets every event on a bounded channel of its own (``voiced.router.Broadcast``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voiced.turn import State
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A final transcript of one side of a turn.
+
+    Attributes:
+        role: ``user`` (what the microphone heard) or ``agent`` (what the reply said).
+        text: the transcript.
+        turn: the turn it belongs to (1-based, counted since the daemon started).
+        item_id: the conversation item on the server.
+        at: wall-clock time (Unix seconds) it arrived.
+    """
+
+    role: Literal["user", "agent"]
+    text: str
+    turn: int
+    item_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The turn controller moved from ``old`` to ``new`` during ``turn``."""
+
+    old: State
+    new: State
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """A turn is over.
+
+    Attributes:
+        turn: which.
+        outcome: ``completed`` (the reply was played), ``interrupted`` (barge-in or cancel),
+            ``too_short``, ``failed`` (a server error or failed response) or ``lost``
+            (the connection ended).
+        latencies: milliseconds, each present when measured: ``commit`` (the press that ended
+            listening → the commit on the wire), ``first_audio`` (commit on the wire → first reply
+            audio received), ``first_play`` (first reply audio received → handed to the speaker).
+    """
+
+    turn: int
+    outcome: str
+    latencies: dict[str, float] = field(default_factory=dict)
+
+
+Event = Transcript | StateChanged | TurnEnded

@@ -1,0 +1,128 @@
+"""Wires the data path: opens the bounded channels and starts the stages in one nursery.
+
+capture ─┐
+inputs ──┴─► session ─► encode ─► transport ⇄ server; transport ─► session ─► decode ─► playback
+
+Shutdown drains from the source: the edge (capture and command intake) is cancelled first, then
+``Shutdown`` is sent to the session, which closes the encoder's and decoder's channels; the
+transport sends what is queued and closes; playback plays what is queued, within a grace period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from voiced import protocol as p
+from voiced.audio import AudioFrame, EndOfReply, ReplyAudio
+from voiced.devices.base import AudioSink, AudioSource
+from voiced.router import Broadcast, Inbound, Shutdown, run_intake
+from voiced.session import Session, Status
+from voiced.stages.decode import run_decode
+from voiced.stages.encode import run_encode
+from voiced.stages.playback import Player
+from voiced.stages.transport import Endpoint, Wire, run_transport
+from voiced.turn import TurnCommand
+
+INBOUND_BUFFER = 256
+"""Session inbound: ~5 s of 20 ms frames. Full: capture drops frames (counted), commands and
+server events wait. The session does no I/O of its own, so it fills only when the socket stalls."""
+ENCODE_BUFFER = 64
+"""Session → encode. Full: the session waits, and capture drops behind it."""
+OUTBOUND_BUFFER = 64
+"""Encode → transport: 6.4 s of 100 ms appends. Full: encode waits on the socket."""
+DECODE_BUFFER = 256
+"""Session → decode: reply deltas. Full: the session waits for the speaker (replies arrive
+faster than real time and are played at real time)."""
+PLAYBACK_BUFFER = 16
+"""Decode → playback: kept small so a stop discards little that was already decoded."""
+COMMAND_BUFFER = 32
+"""Inputs → intake. Full: an input waits (a person cannot press that fast)."""
+SHUTDOWN_GRACE = 5.0
+"""Seconds for queued audio to be sent and played at shutdown before it is cut."""
+
+
+@dataclass
+class Pipeline:
+    """A running data path.
+
+    Attributes:
+        commands: send ``TurnCommand``s here (clone it for each input).
+        inbound: the session's inbound channel, for drivers that feed audio themselves.
+        session: the session task's state (``ready``, ``status``).
+        broadcast: subscribe here for events.
+        player: the speaker's owner.
+    """
+
+    commands: trio.MemorySendChannel[TurnCommand]
+    inbound: trio.MemorySendChannel[Inbound]
+    session: Session
+    broadcast: Broadcast
+    player: Player
+
+
+@asynccontextmanager
+async def open_pipeline(
+    endpoint: Endpoint,
+    hello: p.SessionUpdate,
+    *,
+    source: AudioSource | None,
+    sink: AudioSink,
+    status: Status,
+    reconnect: bool,
+) -> AsyncIterator[Pipeline]:
+    """Run the data path for the body of the ``async with``; drain it on the way out.
+
+    Args:
+        endpoint: the realtime server.
+        hello: the session configuration, sent first on every connection.
+        source: the microphone, or None when the caller feeds ``inbound`` itself.
+        sink: the speaker.
+        status: the live status to keep.
+        reconnect: a daemon (reconnect with backoff) rather than one batch (fail fast).
+    """
+    inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
+    encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](ENCODE_BUFFER)
+    out_send, out_recv = trio.open_memory_channel[p.ClientEvent](OUTBOUND_BUFFER)
+    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply](
+        DECODE_BUFFER
+    )
+    play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply](PLAYBACK_BUFFER)
+    command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
+    wire = Wire()
+    broadcast = Broadcast()
+    player = Player(sink)
+    session = Session(
+        to_encode=encode_send,
+        to_decode=decode_send,
+        player=player,
+        broadcast=broadcast,
+        wire=wire,
+        status=status,
+    )
+    async with trio.open_nursery() as core:
+        core.start_soon(session.run, inbound_recv)
+        core.start_soon(run_encode, encode_recv, out_send)
+        core.start_soon(
+            partial(run_transport, wire=wire, reconnect=reconnect),
+            endpoint,
+            hello,
+            out_recv,
+            inbound_send.clone(),
+        )
+        core.start_soon(run_decode, decode_recv, play_send)
+        core.start_soon(player.run, play_recv, inbound_send.clone())
+        async with trio.open_nursery() as edge:
+            if source is not None:
+                await edge.start(source.run, inbound_send.clone())
+            edge.start_soon(run_intake, command_recv, inbound_send.clone(), source)
+            yield Pipeline(command_send, inbound_send, session, broadcast, player)
+            edge.cancel_scope.cancel()
+        async with inbound_send:
+            await inbound_send.send(Shutdown())
+        core.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+    broadcast.close()

@@ -1,0 +1,59 @@
+"""What a plugin is given and what it gives back: the whole plugin-author API besides the hook.
+
+A plugin's ``run(daemon, task_status=...)`` is started with ``nursery.start`` and must call
+``task_status.started()`` once it is ready (its port bound, its subscription made). An input sends
+``TurnCommand``s on ``daemon.commands``; a sink reads events from ``daemon.subscribe()``, which
+ends when the daemon shuts down. Plugins never touch the WebSocket or the audio devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from voiced.events import Event
+from voiced.turn import TurnCommand
+
+
+class Daemon(Protocol):
+    """The daemon as a plugin sees it."""
+
+    commands: trio.MemorySendChannel[TurnCommand]
+    """This plugin's own clone of the command channel; closed for it when it finishes."""
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        """A bounded channel of every event from now on; a slow reader drops, never stalls."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot of the daemon's state (what ``GET /status`` shows)."""
+
+
+class Plugin(Protocol):
+    """A running plugin."""
+
+    async def run(
+        self, daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled (inputs) or until the event channel ends (sinks)."""
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin's self-description, returned by its ``voiced_plugin`` hook.
+
+    Attributes:
+        name: its entry-point name, which is also its section under ``plugins:``.
+        description: one line, for ``voiced plugins``.
+        config: a frozen dataclass; the section is validated into it (unknown keys are errors).
+        create: builds the plugin from its validated config.
+        input: it sends commands (not started by ``voiced ask``, which drives turns itself).
+    """
+
+    name: str
+    description: str
+    config: type[Any]
+    create: Callable[[Any], Plugin]
+    input: bool = False

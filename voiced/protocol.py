@@ -1,0 +1,395 @@
+"""Sans-IO OpenAI Realtime protocol (GA): the client events voiced sends and the server events
+it reads.
+
+No trio, no socket: ``RealtimeProtocol.send(event)`` turns a client event into the text of one
+WebSocket frame and ``RealtimeProtocol.receive(text)`` turns one frame into a typed server event.
+Event names and nesting follow the GA protocol exactly; every string constant of the wire format
+lives in this module. Unknown server event types are tolerated and logged once each.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+from voiced.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger("voiced.protocol")
+
+Json: TypeAlias = dict[str, Any]
+
+# --------------------------------------------------------------------------- client events
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    """Input transcription settings (``session.audio.input.transcription``)."""
+
+    model: str
+    language: str | None = None
+    prompt: str | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {"model": self.model}
+        if self.language is not None:
+            out["language"] = self.language
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    """Base of the events voiced sends. ``event_id`` comes back in a server ``error``."""
+
+    type: ClassVar[str]
+    event_id: str | None = field(default=None, kw_only=True)
+
+    def body(self) -> Json:
+        """The fields of the event besides ``type`` and ``event_id``."""
+        return {}
+
+    def to_json(self) -> Json:
+        out: Json = {"type": self.type}
+        if self.event_id is not None:
+            out["event_id"] = self.event_id
+        out.update(self.body())
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate(ClientEvent):
+    """Configure the session for push-to-talk: manual turns, PCM 24 kHz both ways."""
+
+    type: ClassVar[str] = "session.update"
+    voice: str
+    instructions: str
+    transcription: Transcription | None
+
+    def body(self) -> Json:
+        pcm = {"type": "audio/pcm", "rate": 24000}
+        return {
+            "session": {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": self.instructions,
+                "audio": {
+                    "input": {
+                        "format": pcm,
+                        # null, explicitly: the server's default is server_vad (§3, §10).
+                        "turn_detection": None,
+                        "transcription": (
+                            self.transcription.to_json() if self.transcription else None
+                        ),
+                    },
+                    "output": {"format": pcm, "voice": self.voice},
+                },
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferAppend(ClientEvent):
+    """Append PCM to the server's input buffer. Never acknowledged."""
+
+    type: ClassVar[str] = "input_audio_buffer.append"
+    audio: bytes
+
+    def body(self) -> Json:
+        return {"audio": base64.b64encode(self.audio).decode("ascii")}
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferCommit(ClientEvent):
+    """Turn the input buffer into a user item. Does not start a response."""
+
+    type: ClassVar[str] = "input_audio_buffer.commit"
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferClear(ClientEvent):
+    """Drop what is in the input buffer."""
+
+    type: ClassVar[str] = "input_audio_buffer.clear"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreate(ClientEvent):
+    """Ask for a response to the conversation so far."""
+
+    type: ClassVar[str] = "response.create"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCancel(ClientEvent):
+    """Cancel a response; without ``response_id``, the one in progress."""
+
+    type: ClassVar[str] = "response.cancel"
+    response_id: str | None = None
+
+    def body(self) -> Json:
+        return {} if self.response_id is None else {"response_id": self.response_id}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItemTruncate(ClientEvent):
+    """Cut an assistant item's audio at what was actually played."""
+
+    type: ClassVar[str] = "conversation.item.truncate"
+    item_id: str
+    audio_end_ms: int
+    content_index: int = 0
+
+    def body(self) -> Json:
+        return {
+            "item_id": self.item_id,
+            "content_index": self.content_index,
+            "audio_end_ms": self.audio_end_ms,
+        }
+
+
+# --------------------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """Base of the events the server sends."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated(ServerEvent):
+    session: Json
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated(ServerEvent):
+    session: Json
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferCommitted(ServerEvent):
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputAudioBufferCleared(ServerEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptionCompleted(ServerEvent):
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptionFailed(ServerEvent):
+    item_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated(ServerEvent):
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputAudioDelta(ServerEvent):
+    response_id: str
+    item_id: str
+    audio: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTranscriptDone(ServerEvent):
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationItemTruncated(ServerEvent):
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone(ServerEvent):
+    response_id: str
+    status: str
+    """``completed``, ``cancelled``, ``failed`` or ``incomplete``."""
+    reason: str | None
+    """``status_details.reason``, or the error message of a failed response."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(ServerEvent):
+    error_type: str
+    code: str | None
+    message: str
+    param: str | None
+    event_id: str | None
+    """The ``event_id`` of the client event that caused it, when it had one."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent(ServerEvent):
+    """A documented server event voiced has no use for (kept whole, for logs)."""
+
+    data: Json
+
+
+# Documented GA server events that voiced reads but does not act on.
+_PASSIVE = frozenset(
+    {
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.deleted",
+        "conversation.item.retrieved",
+        "conversation.item.created",
+        "conversation.created",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.segment",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.timeout_triggered",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "rate_limits.updated",
+    }
+)
+
+
+def _str(data: Json, key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise RemoteProtocolError(f"{data.get('type')}: expected a string {key!r}, got {value!r}")
+    return value
+
+
+def _opt_str(data: Json, key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _sub(data: Json, key: str) -> Json:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"{data.get('type')}: expected an object {key!r}, got {value!r}")
+    return value
+
+
+def _audio_delta(t: str, d: Json) -> ServerEvent:
+    try:
+        audio = base64.b64decode(_str(d, "delta"), validate=True)
+    except binascii.Error as exc:
+        raise RemoteProtocolError(f"{t}: delta is not base64: {exc}") from exc
+    return OutputAudioDelta(t, _str(d, "response_id"), _str(d, "item_id"), audio)
+
+
+def _response_done(t: str, d: Json) -> ServerEvent:
+    response = _sub(d, "response")
+    details = response.get("status_details") or {}
+    reason = details.get("reason") if isinstance(details, dict) else None
+    if reason is None and isinstance(details, dict) and isinstance(details.get("error"), dict):
+        reason = details["error"].get("message")
+    return ResponseDone(t, _str(response, "id"), _str(response, "status"), reason)
+
+
+def _error(t: str, d: Json) -> ServerEvent:
+    err = _sub(d, "error")
+    return ErrorEvent(
+        t,
+        error_type=_opt_str(err, "type") or "error",
+        code=_opt_str(err, "code"),
+        message=_opt_str(err, "message") or "(no message)",
+        param=_opt_str(err, "param"),
+        event_id=_opt_str(err, "event_id"),
+    )
+
+
+_PARSERS: Mapping[str, Callable[[str, Json], ServerEvent]] = {
+    "session.created": lambda t, d: SessionCreated(t, _sub(d, "session")),
+    "session.updated": lambda t, d: SessionUpdated(t, _sub(d, "session")),
+    "input_audio_buffer.committed": lambda t, d: InputAudioBufferCommitted(t, _str(d, "item_id")),
+    "input_audio_buffer.cleared": lambda t, d: InputAudioBufferCleared(t),
+    "conversation.item.input_audio_transcription.completed": lambda t, d: (
+        InputTranscriptionCompleted(t, _str(d, "item_id"), _str(d, "transcript"))
+    ),
+    "conversation.item.input_audio_transcription.failed": lambda t, d: InputTranscriptionFailed(
+        t, _str(d, "item_id"), _opt_str(d.get("error") or {}, "message") or "(no message)"
+    ),
+    "conversation.item.truncated": lambda t, d: ConversationItemTruncated(
+        t, _str(d, "item_id"), int(d.get("audio_end_ms") or 0)
+    ),
+    "response.created": lambda t, d: ResponseCreated(t, _str(_sub(d, "response"), "id")),
+    "response.output_audio.delta": _audio_delta,
+    "response.output_audio_transcript.done": lambda t, d: OutputTranscriptDone(
+        t, _str(d, "response_id"), _str(d, "item_id"), _str(d, "transcript")
+    ),
+    "response.done": _response_done,
+    "error": _error,
+}
+
+
+class RealtimeProtocol:
+    """Client side of the Realtime protocol, sans-IO.
+
+    Keeps the little state the wire needs: which unknown event types were already logged, and how
+    much audio was appended since the last commit or clear (``buffered_bytes``).
+    """
+
+    def __init__(self) -> None:
+        self.buffered_bytes = 0
+        self._unknown_seen: set[str] = set()
+
+    def send(self, event: ClientEvent) -> str:
+        """The text of the WebSocket frame that carries ``event``."""
+        if isinstance(event, InputAudioBufferAppend):
+            if not event.audio or len(event.audio) % 2:
+                raise LocalProtocolError(f"append of {len(event.audio)} bytes is not whole PCM16")
+            self.buffered_bytes += len(event.audio)
+            if event.event_id is None:
+                # The hot path: base64 never needs JSON escaping, so skip json.dumps' scan.
+                b64 = base64.b64encode(event.audio).decode("ascii")
+                return f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}'
+        if isinstance(event, InputAudioBufferCommit | InputAudioBufferClear):
+            self.buffered_bytes = 0
+        return json.dumps(event.to_json(), separators=(",", ":"))
+
+    def receive(self, text: str | bytes) -> ServerEvent:
+        """Parse one server frame.
+
+        Raises:
+            RemoteProtocolError: the frame is not a JSON object with a ``type``, or a field
+                voiced relies on is missing or malformed.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"server sent a frame that is not JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise RemoteProtocolError(f"server sent an event with no type: {str(data)[:200]}")
+        kind: str = data["type"]
+        parser = _PARSERS.get(kind)
+        if parser is not None:
+            return parser(kind, data)
+        if kind not in _PASSIVE and kind not in self._unknown_seen:
+            self._unknown_seen.add(kind)
+            log.warning("ignoring server events of unknown type %r (logged once)", kind)
+        return OtherEvent(kind, data)

@@ -1,0 +1,234 @@
+"""The session task: the I/O shell around the pure turn controller.
+
+One task reads one inbound channel that carries, in the order they happened, captured audio,
+input commands, server events, playback news and connection news. It asks the ``TurnController``
+what to do and carries the actions out: gated audio and client events to the encoder, reply audio
+to the decoder, stops to the player, transcripts and state changes to the sinks. Because every
+producer writes into the same channel, a commit is handled after every frame heard before it.
+It also measures each turn (button → commit on the wire → first reply audio → first sample
+played) and keeps the live ``Status`` that ``/status`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+from voiced import protocol as p
+from voiced.audio import AudioFrame, EndOfReply
+from voiced.events import StateChanged, Transcript, TurnEnded
+from voiced.router import Broadcast, Inbound, Shutdown
+from voiced.stages.playback import Player
+from voiced.stages.transport import Connected, Disconnected, Wire
+from voiced.turn import (
+    Action,
+    Changed,
+    Command,
+    EndPlayback,
+    Notice,
+    Play,
+    Send,
+    State,
+    StopPlayback,
+    TurnCommand,
+    TurnController,
+)
+
+log = logging.getLogger("voiced.session")
+
+RECENT_IDS = 32
+"""How many item and response ids are remembered to match late transcripts to their turn."""
+
+
+@dataclass
+class Status:
+    """What ``/status`` shows; updated in place by the session."""
+
+    url: str
+    model: str
+    microphone: str
+    speaker: str
+    state: State = State.IDLE
+    turns: int = 0
+    connected: bool = False
+    ready: bool = False
+    """Connected and the session configuration acknowledged (``session.updated``)."""
+    last_error: str | None = None
+    last_turn: TurnEnded | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """How many turns ended each way (``completed``, ``too_short``...)."""
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_turn
+        return {
+            "state": str(self.state),
+            "turns": self.turns,
+            "connected": self.connected,
+            "ready": self.ready,
+            "realtime": {"url": self.url, "model": self.model},
+            "audio": {"input": self.microphone, "output": self.speaker},
+            "last_error": self.last_error,
+            "last_turn": None
+            if last is None
+            else {"turn": last.turn, "outcome": last.outcome, "latencies_ms": last.latencies},
+            "outcomes": dict(self.outcomes),
+        }
+
+
+class Session:
+    """Carries out the controller's decisions. Args are the ends it writes to.
+
+    Args:
+        to_encode: gated frames and client events, in wire order (closed on shutdown).
+        to_decode: reply audio and end-of-reply markers (closed on shutdown).
+        player: for immediate stops and the played position.
+        broadcast: where events for the sinks go.
+        wire: the transport's counters (commit-on-the-wire time).
+        status: the live status to keep up to date.
+    """
+
+    def __init__(
+        self,
+        *,
+        to_encode: trio.abc.SendChannel[AudioFrame | p.ClientEvent],
+        to_decode: trio.abc.SendChannel[p.OutputAudioDelta | EndOfReply],
+        player: Player,
+        broadcast: Broadcast,
+        wire: Wire,
+        status: Status,
+    ) -> None:
+        self.controller = TurnController()
+        self.ready = trio.Event()
+        """Set the first time the server acknowledges the session configuration."""
+        self._encode = to_encode
+        self._decode = to_decode
+        self._player = player
+        self._broadcast = broadcast
+        self._wire = wire
+        self.status = status
+        self._turn = 0
+        self._marks: dict[str, float] = {}
+        self._outcome = "completed"
+        self._turn_of: dict[str, int] = {}  # item or response id → turn
+
+    async def run(self, inbound: trio.abc.ReceiveChannel[Inbound]) -> None:
+        """Handle inbound messages until ``Shutdown``, then close downstream and drain."""
+        async with inbound:
+            async with self._encode, self._decode:
+                async for msg in inbound:
+                    if isinstance(msg, Shutdown):
+                        break
+                    await self._handle(msg)
+            # Producers may still be finishing (the transport flushing, the player ending):
+            # keep reading so that none of them blocks on a full channel.
+            async for _ in inbound:
+                pass
+
+    async def _handle(self, msg: Inbound) -> None:
+        if isinstance(msg, AudioFrame):
+            if self.controller.listening:
+                await self._encode.send(msg)
+                self.controller.audio_sent(len(msg.pcm))
+        elif isinstance(msg, TurnCommand):
+            if msg.command is Command.COMMIT or (
+                msg.command is Command.TOGGLE and self.controller.listening
+            ):
+                self._marks.setdefault("commit_pressed", trio.current_time())
+            await self._apply(self.controller.command(msg, self._player.position()))
+        elif isinstance(msg, EndOfReply):
+            await self._apply(self.controller.playback_done(msg.response_id))
+        elif isinstance(msg, Connected):
+            self.status.connected = True
+        elif isinstance(msg, Disconnected):
+            self.status.connected = self.status.ready = False
+            self.status.last_error = str(msg.error)
+            self._outcome = "lost"
+            await self._apply(self.controller.connection_lost())
+        elif isinstance(msg, p.ServerEvent):
+            await self._server_event(msg)
+
+    async def _server_event(self, event: p.ServerEvent) -> None:
+        if isinstance(event, p.SessionUpdated):
+            self.status.ready = True
+            self.status.last_error = None
+            self.ready.set()
+        elif isinstance(event, p.InputAudioBufferCommitted):
+            self._remember(event.item_id)
+        elif isinstance(event, p.ResponseCreated):
+            self._remember(event.response_id)
+        elif isinstance(event, p.InputTranscriptionCompleted):
+            self._transcript("user", event.transcript, event.item_id, event.item_id)
+        elif isinstance(event, p.OutputTranscriptDone):
+            self._transcript("agent", event.transcript, event.item_id, event.response_id)
+        elif isinstance(event, p.InputTranscriptionFailed):
+            log.warning("transcription of %s failed: %s", event.item_id, event.message)
+        elif isinstance(event, p.ErrorEvent) and event.code == "session_expired":
+            log.info("the server ended the session: %s", event.message)
+            return
+        await self._apply(self.controller.server_event(event))
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Play):
+                if "first_audio" not in self._marks:
+                    self._marks["first_audio"] = trio.current_time()
+                await self._decode.send(action.delta)
+            elif isinstance(action, Send):
+                await self._encode.send(action.event)
+            elif isinstance(action, EndPlayback):
+                await self._decode.send(EndOfReply(action.response_id))
+            elif isinstance(action, StopPlayback):
+                self._player.stop(action.response_id)
+                self._outcome = "interrupted"
+            elif isinstance(action, Changed):
+                self._changed(action)
+            elif isinstance(action, Notice):
+                if action.message.startswith("too short"):
+                    self._outcome = "too_short"
+                elif action.level == "error":
+                    self._outcome = "failed"
+                getattr(log, action.level)("turn %d: %s", self._turn, action.message)
+
+    def _changed(self, change: Changed) -> None:
+        self.status.state = change.new
+        self._broadcast.publish(StateChanged(change.old, change.new, self.controller.turns))
+        if change.new is State.LISTENING:
+            if change.old is not State.IDLE:
+                self._end_turn("interrupted")
+            self._turn = self.status.turns = self.controller.turns
+            self._marks = {}
+            self._outcome = "completed"
+        elif change.new is State.IDLE:
+            self._end_turn(self._outcome)
+
+    def _end_turn(self, outcome: str) -> None:
+        marks, lat = self._marks, {}
+        sent = self._wire.commit_sent_at
+        if "commit_pressed" in marks and sent is not None and sent >= marks["commit_pressed"]:
+            lat["commit"] = sent - marks["commit_pressed"]
+            if "first_audio" in marks:
+                lat["first_audio"] = marks["first_audio"] - sent
+        played = self._player.first_sample
+        if "first_audio" in marks and played is not None and played[1] >= marks["first_audio"]:
+            lat["first_play"] = played[1] - marks["first_audio"]
+        ended = TurnEnded(self._turn, outcome, {k: round(v * 1000, 1) for k, v in lat.items()})
+        self.status.last_turn = ended
+        self.status.outcomes[outcome] = self.status.outcomes.get(outcome, 0) + 1
+        figures = ", ".join(f"{k} {v:g} ms" for k, v in ended.latencies.items())
+        log.info("turn %d %s%s", ended.turn, outcome, f": {figures}" if figures else "")
+        self._broadcast.publish(ended)
+
+    def _remember(self, some_id: str) -> None:
+        self._turn_of[some_id] = self._turn
+        while len(self._turn_of) > RECENT_IDS:
+            del self._turn_of[next(iter(self._turn_of))]
+
+    def _transcript(
+        self, role: Literal["user", "agent"], text: str, item_id: str, key: str
+    ) -> None:
+        turn = self._turn_of.get(key, self._turn)
+        self._broadcast.publish(Transcript(role, text, turn, item_id, time.time()))

@@ -1,0 +1,151 @@
+"""The simulated conversation: its items, their audio, and the item operations clients may request.
+
+Items keep the PCM they carry (committed user audio, or the assistant audio actually streamed so
+far), so ``conversation.item.truncate`` is checked against what the client can really have played.
+Item views never carry audio except in ``conversation.item.retrieved``, as on the real server.
+No trio, no sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voiced.sim.config import BYTES_PER_MS
+from voiced.sim.schema import Problem, invalid_type, invalid_value
+
+_ROLE_CONTENT = {
+    "user": ("input_text", "input_audio"),
+    "system": ("input_text",),
+    "assistant": ("output_text",),
+}
+"""What ``conversation.item.create`` may add: assistant audio cannot be created by a client."""
+
+
+@dataclass(eq=False)
+class Item:
+    """One message item. ``content`` is the item's content as shown to clients, without audio."""
+
+    id: str
+    role: str
+    content: list[dict[str, Any]]
+    status: str = "completed"
+    audio: bytearray = field(default_factory=bytearray)
+
+    @property
+    def has_audio(self) -> bool:
+        return any(part.get("type") in ("input_audio", "output_audio") for part in self.content)
+
+    def view(self, *, with_audio: bool = False) -> dict[str, Any]:
+        content = [dict(part) for part in self.content]
+        if with_audio:
+            for part in content:
+                if part.get("type") in ("input_audio", "output_audio"):
+                    part["audio"] = base64.b64encode(self.audio).decode("ascii")
+        return {
+            "id": self.id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": self.status,
+            "role": self.role,
+            "content": content,
+        }
+
+
+@dataclass
+class Conversation:
+    """The items of the one default conversation, in order."""
+
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def add(self, item: Item) -> str | None:
+        """Append ``item``; returns the id of the item before it."""
+        previous = self.last_id
+        self.items.append(item)
+        return previous
+
+    def find(self, item_id: object) -> Item | Problem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        return Problem(
+            "item_not_found", f"Conversation item with id '{item_id}' not found.", "item_id"
+        )
+
+    def create(
+        self, new_id: Callable[[], str], event: dict[str, Any]
+    ) -> list[dict[str, Any]] | Problem:
+        """``conversation.item.create``: message items only (what a push-to-talk client needs)."""
+        raw = event["item"]
+        if not isinstance(raw, dict):
+            return invalid_type("item", "an object", raw)
+        if raw.get("type") != "message":
+            return invalid_value("item.type", raw.get("type"), ("message",))
+        role = raw.get("role")
+        if role not in _ROLE_CONTENT:
+            return invalid_value("item.role", role, tuple(_ROLE_CONTENT))
+        content: list[dict[str, Any]] = []
+        audio = bytearray()
+        for index, part in enumerate(raw.get("content") or []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _ROLE_CONTENT[role]:
+                return invalid_value(f"item.content[{index}].type", kind, _ROLE_CONTENT[role])
+            if kind == "input_audio":
+                try:
+                    audio += base64.b64decode(part.get("audio") or "", validate=True)
+                except binascii.Error:
+                    return invalid_value(f"item.content[{index}].audio", "<not base64>")
+                content.append({"type": kind, "transcript": part.get("transcript")})
+            else:
+                content.append({"type": kind, "text": part.get("text")})
+        item = Item(new_id(), role, content, audio=audio)
+        previous = self.add(item)
+        return [
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": item.view()},
+            {"type": "conversation.item.done", "previous_item_id": previous, "item": item.view()},
+        ]
+
+    def truncate(self, event: dict[str, Any]) -> dict[str, Any] | Problem:
+        """``conversation.item.truncate``: cut an assistant item's audio at ``audio_end_ms``."""
+        item = self.find(event["item_id"])
+        if isinstance(item, Problem):
+            return item
+        if item.role != "assistant" or not item.has_audio:
+            message = "Only assistant messages with audio can be truncated."
+            return Problem("invalid_value", message, "item_id")
+        if event["content_index"] != 0:
+            return invalid_value("content_index", event["content_index"], ("0",))
+        end_ms = event["audio_end_ms"]
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool):
+            return invalid_type("audio_end_ms", "an integer", end_ms)
+        length_ms = len(item.audio) // BYTES_PER_MS
+        if not 0 <= end_ms <= length_ms:
+            message = f"Audio content of {length_ms}ms is already shorter than {end_ms}ms"
+            return Problem("invalid_value", message, "audio_end_ms")
+        del item.audio[end_ms * BYTES_PER_MS :]
+        return {
+            "type": "conversation.item.truncated",
+            "item_id": item.id,
+            "content_index": 0,
+            "audio_end_ms": end_ms,
+        }
+
+    def delete(self, event: dict[str, Any]) -> dict[str, Any] | Problem:
+        item = self.find(event["item_id"])
+        if isinstance(item, Problem):
+            return item
+        self.items.remove(item)
+        return {"type": "conversation.item.deleted", "item_id": item.id}
+
+    def retrieve(self, event: dict[str, Any]) -> dict[str, Any] | Problem:
+        item = self.find(event["item_id"])
+        if isinstance(item, Problem):
+            return item
+        return {"type": "conversation.item.retrieved", "item": item.view(with_audio=True)}

@@ -1,0 +1,306 @@
+"""The simulator's I/O: a trio-websocket server that runs one :class:`SimSession` per connection.
+
+:class:`Simulator` serves over loopback TCP (:meth:`Simulator.serve`) or over any trio stream
+(:meth:`Simulator.handle_stream`, for in-memory tests). It owns what the sans-IO session cannot:
+the HTTP-level handshake (a wrong path, or a faulted gateway, is rejected before the upgrade), the
+reader loop, one task per streaming response paced on trio's clock (so ``autojump_clock`` makes it
+instant and deterministic), session expiry, and closing the socket with the codes the real server
+uses. Every connection is recorded as a :class:`SimConnection` for tests and logs.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from voiced.sim.response import ResponseRun
+from voiced.sim.session import Outcome, SimSession
+
+logger = logging.getLogger("voiced.sim")
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Frames up to this size are accepted: an append may carry 15 MiB of base64 (protocol §6)."""
+HANDSHAKE_TIMEOUT_S = 10.0
+"""How long a new stream may take to send its HTTP upgrade request."""
+CLOSE_TIMEOUT_S = 5.0
+"""How long the server waits for the client's half of a closing handshake."""
+
+
+@dataclass
+class SimFaults:
+    """Fault switches, read when each connection starts; tests flip them between connections."""
+
+    handshake_status: int | None = None
+    """Reject the HTTP upgrade with this status (e.g. 401), like a proxy or gateway would."""
+    expire_after: float | None = None
+    """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001."""
+
+
+@dataclass(eq=False)
+class SimConnection:
+    """The record of one accepted WebSocket, for tests and logs."""
+
+    path: str
+    """The request target, query string included."""
+    query: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
+    """Request headers, names lower-cased (includes the bearer token: never log them)."""
+    session: SimSession = field(repr=False)
+    close_code: int | None = None
+    """The code the server closed with, if the server closed."""
+    close_reason: str | None = None
+    closed: trio.Event = field(default_factory=trio.Event, repr=False)
+    """Set when the connection has ended."""
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        """Every client event that parsed as a JSON object, valid or not, in arrival order."""
+        return self.session.received
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        """Every server event sent, in order."""
+        return self.session.sent
+
+    @property
+    def committed_audio(self) -> list[bytes]:
+        """The PCM of each successful commit, in order."""
+        return self.session.committed_audio
+
+    @property
+    def reply_audio(self) -> list[bytes]:
+        """The PCM each response streamed in ``output_audio.delta`` events (cancelled: what was
+        sent), in order."""
+        return self.session.reply_audio
+
+    @property
+    def errors_sent(self) -> list[dict[str, Any]]:
+        return [event for event in self.sent if event["type"] == "error"]
+
+
+class Simulator:
+    """A server speaking the GA Realtime protocol, so voiced runs with no key and no network.
+
+    Args:
+        api_key: the only bearer token accepted.
+        pace: wall seconds per second of reply audio (0: as fast as possible, 1.0: real time).
+        chunk_ms: reply audio per ``response.output_audio.delta``.
+        faults: fault switches; ``Simulator.faults`` stays mutable.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        pace: float = 0.0,
+        chunk_ms: int = 100,
+        faults: SimFaults | None = None,
+    ) -> None:
+        if pace < 0:
+            raise ValueError(f"pace must be >= 0, got {pace}")
+        if chunk_ms <= 0:
+            raise ValueError(f"chunk_ms must be > 0, got {chunk_ms}")
+        self.connections: list[SimConnection] = []
+        self.faults = faults if faults is not None else SimFaults()
+        self._api_key = api_key
+        self._pace = pace
+        self._chunk_ms = chunk_ms
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host``:``port`` and serve until cancelled; reports the bound port."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        if port == 0:
+            # Each address of ``host`` got its own ephemeral port; serve one, the one reported.
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        bound: int = listeners[0].socket.getsockname()[1]
+        logger.info("simulator listening on %s:%d", host, bound)
+        task_status.started(bound)
+        await trio.serve_listeners(self.handle_stream, listeners)
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection over ``stream`` until it ends; closes ``stream``."""
+        async with stream, trio.open_nursery() as nursery:
+            request: WebSocketRequest | None = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, max_message_size=MAX_MESSAGE_BYTES
+                )
+            if request is not None:
+                await self._handle_request(request)
+            # Stops trio-websocket's reader task, which lives in this nursery.
+            nursery.cancel_scope.cancel()
+
+    async def _handle_request(self, request: WebSocketRequest) -> None:
+        url = urlsplit(request.path)
+        if not url.path.endswith("/realtime"):
+            await _reject(request, 404, f"Invalid URL (GET {url.path})")
+            return
+        status = self.faults.handshake_status
+        if status is not None:
+            await _reject(request, status, _status_phrase(status))
+            return
+        number = len(self.connections) + 1
+        session = SimSession(
+            api_key=self._api_key,
+            session_id=f"sess_{number:04d}",
+            chunk_ms=self._chunk_ms,
+            now=time.time(),
+        )
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in request.headers
+        }
+        conn = SimConnection(request.path, dict(parse_qsl(url.query)), headers, session)
+        # Recorded before accepting, so a client that sees the upgrade succeed finds its record.
+        self.connections.append(conn)
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            self.connections.remove(conn)
+            return
+        logger.info("sim connection %d open: %s", number, request.path)
+        handler = _Handler(
+            conn, ws, number=number, pace=self._pace, expire_after=self.faults.expire_after
+        )
+        try:
+            await handler.run()
+        finally:
+            conn.closed.set()
+            if conn.close_code is not None:
+                how = f"by the server, code {conn.close_code} ({conn.close_reason})"
+            else:
+                how = f"by the client: {ws.closed}"
+            logger.info("sim connection %d closed %s", number, how)
+
+
+class _Handler:
+    """Runs one accepted connection: the reader, response streams, expiry, the fatal close."""
+
+    def __init__(
+        self,
+        conn: SimConnection,
+        ws: WebSocketConnection,
+        *,
+        number: int,
+        pace: float,
+        expire_after: float | None,
+    ) -> None:
+        self._number = number
+        self._conn = conn
+        self._session = conn.session
+        self._ws = ws
+        self._pace = pace
+        self._expire_after = expire_after
+        self._send_lock = trio.Lock()
+        self._tasks = trio.CancelScope()
+        self._closing = False
+        self._pauses: dict[str, trio.CancelScope] = {}
+
+    async def run(self) -> None:
+        started = trio.current_time()
+        with self._tasks:
+            async with trio.open_nursery() as nursery:
+                await self._apply(self._session.open(self._conn.headers, self._conn.query), nursery)
+                if self._expire_after is not None:
+                    nursery.start_soon(self._expire, started + self._expire_after, nursery)
+                await self._read(nursery)
+                nursery.cancel_scope.cancel()
+        if self._conn.close_code is not None:
+            # Outside the task scope: the close must not be cut short by its own cancellation.
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._ws.aclose(self._conn.close_code, self._conn.close_reason)
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed:
+                return
+            before = len(self._session.received)
+            outcome = self._session.receive(message)
+            if len(self._session.received) > before:
+                event = self._session.received[-1]
+                logger.debug("sim %d <- %s", self._number, event.get("type"))
+            await self._apply(outcome, nursery)
+
+    async def _apply(self, outcome: Outcome, nursery: trio.Nursery) -> None:
+        async with self._send_lock:
+            if not await self._send_locked(outcome.events):
+                return
+            if outcome.close is not None:
+                # Nothing may follow a fatal error: stop every task; run() sends the close.
+                self._closing = True
+                self._conn.close_code, self._conn.close_reason = outcome.close
+                self._tasks.cancel()
+                return
+        if outcome.start is not None:
+            nursery.start_soon(self._stream, outcome.start)
+        if outcome.cancel is not None and outcome.cancel.id in self._pauses:
+            self._pauses[outcome.cancel.id].cancel()
+
+    async def _send(self, events: list[dict[str, Any]]) -> bool:
+        async with self._send_lock:
+            return await self._send_locked(events)
+
+    async def _send_locked(self, events: list[dict[str, Any]]) -> bool:
+        """Stamp and send ``events`` in order; False once the socket is closed or closing."""
+        for event in events:
+            if self._closing:
+                return False
+            stamped = self._session.stamp(event)
+            logger.debug("sim %d -> %s %s", self._number, stamped["type"], stamped["event_id"])
+            try:
+                await self._ws.send_message(json.dumps(stamped))
+            except ConnectionClosed:
+                return False
+        return True
+
+    async def _stream(self, run: ResponseRun) -> None:
+        for step in run.steps():
+            if not await self._send(step.events):
+                return
+            # A cancel wakes this pause early; with pace 0 it is still a checkpoint, so the reader
+            # gets to handle a response.cancel between any two deltas.
+            with trio.CancelScope() as pause:
+                self._pauses[run.id] = pause
+                if run.cancel_requested:
+                    pause.cancel()
+                await trio.sleep(step.audio_seconds * self._pace)
+            del self._pauses[run.id]
+
+    async def _expire(self, deadline: float, nursery: trio.Nursery) -> None:
+        await trio.sleep_until(deadline)
+        await self._apply(self._session.expire(), nursery)
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+async def _reject(request: WebSocketRequest, status: int, message: str) -> None:
+    """Refuse the upgrade with an OpenAI-style JSON error body."""
+    error = {"message": message, "type": "invalid_request_error", "code": None, "param": None}
+    body = json.dumps({"error": error}).encode()
+    logger.info("sim rejected upgrade of %s with %d", urlsplit(request.path).path, status)
+    headers = [(b"Content-Type", b"application/json")]
+    await request.reject(status, extra_headers=headers, body=body)

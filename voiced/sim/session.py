@@ -1,0 +1,322 @@
+"""The simulator's per-connection protocol logic, sans-IO: client messages in, server events out.
+
+:class:`SimSession` checks a connection's handshake (key, beta header, model), parses and validates
+client events like the real server (protocol §4/§10), keeps the session state (effective config,
+input audio buffer, conversation, the response in flight) and answers each message with an
+:class:`Outcome`: the events to send, and whether to close the socket, start streaming a response,
+or wake the response being cancelled. Events come back without ``event_id``;
+:meth:`SimSession.stamp` adds one as each goes on the wire, so ids follow wire order even when the
+response task and the reader interleave. No trio, no sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voiced.sim.config import BYTES_PER_MS, apply_update, default_session
+from voiced.sim.conversation import Conversation, Item
+from voiced.sim.response import ResponseRun, input_audio_tokens
+from voiced.sim.schema import Problem, check_event, invalid_type
+
+SESSION_DURATION_S = 3600
+MIN_COMMIT_BYTES = 100 * BYTES_PER_MS
+"""The real server refuses to commit less than 100 ms of audio."""
+MAX_APPEND_CHARS = 15 * 1024 * 1024
+SILENCE_MS = 500
+"""The reply when nothing was committed yet."""
+
+SESSION_EXPIRED = "Your session hit the maximum duration of 60 minutes."
+AUTH_CLOSE_REASON = "invalid_request_error.invalid_api_key"
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
+_BETA_SHAPE = (
+    "The Realtime API beta shape is no longer supported. Remove the 'OpenAI-Beta: realtime=v1' "
+    "header to use the GA interface."
+)
+
+
+@dataclass
+class Outcome:
+    """What the server must do after one input to the session."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close: tuple[int, str] | None = None
+    """Close the socket with this code and reason after sending ``events``."""
+    start: ResponseRun | None = None
+    """Start streaming this response."""
+    cancel: ResponseRun | None = None
+    """This response was asked to stop: wake it if it is pausing between deltas."""
+
+
+def mask_key(key: str) -> str:
+    """Show a key the way the real error does, never in full."""
+    return f"{key[:5]}***{key[-2:]}" if len(key) >= 8 else "***"
+
+
+class SimSession:
+    """The protocol state of one simulated connection.
+
+    Args:
+        api_key: the only bearer token accepted.
+        session_id: ``sess_...`` for ``session.created``.
+        chunk_ms: reply audio per ``response.output_audio.delta``.
+        now: wall-clock Unix time, for ``expires_at``.
+    """
+
+    def __init__(self, *, api_key: str, session_id: str, chunk_ms: int, now: float) -> None:
+        self.received: list[dict[str, Any]] = []
+        """Every client message that parsed as a JSON object, valid or not, in arrival order."""
+        self.sent: list[dict[str, Any]] = []
+        """Every stamped server event, in wire order."""
+        self.committed_audio: list[bytes] = []
+        """The PCM of each successful commit."""
+        self.runs: list[ResponseRun] = []
+        self.config: dict[str, Any] = {}
+        """The effective session; empty until :meth:`open` succeeds."""
+        self.conversation = Conversation()
+        self._api_key = api_key
+        self._session_id = session_id
+        self._conversation_id = session_id.replace("sess_", "conv_", 1)
+        self._chunk_bytes = chunk_ms * BYTES_PER_MS
+        self._expires_at = int(now) + SESSION_DURATION_S
+        self._buffer = bytearray()
+        self._counters: dict[str, itertools.count[int]] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any]], Outcome | Problem]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "conversation.item.create": self._item_create,
+            "conversation.item.truncate": self._item_op(self.conversation.truncate),
+            "conversation.item.delete": self._item_op(self.conversation.delete),
+            "conversation.item.retrieve": self._item_op(self.conversation.retrieve),
+            "output_audio_buffer.clear": self._webrtc_only,
+        }
+
+    @property
+    def reply_audio(self) -> list[bytes]:
+        """The PCM streamed by each response so far (a cancelled one: what was sent)."""
+        return [bytes(run.sent_audio) for run in self.runs]
+
+    @property
+    def active(self) -> ResponseRun | None:
+        run = self.runs[-1] if self.runs else None
+        return run if run is not None and not run.done else None
+
+    def stamp(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Give ``event`` the next ``event_id`` and record it as sent."""
+        stamped = {"event_id": self._next_id("event"), **event}
+        self.sent.append(stamped)
+        return stamped
+
+    def open(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Outcome:
+        """Check an accepted upgrade (header names lower-cased); ``session.created`` or a close."""
+        scheme, _, key = headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return _fatal(Problem(None, _NO_KEY), 3000, AUTH_CLOSE_REASON)
+        if key != self._api_key:
+            message = (
+                f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+            return _fatal(Problem("invalid_api_key", message), 3000, AUTH_CLOSE_REASON)
+        if "realtime=v1" in headers.get("openai-beta", ""):
+            problem = Problem("beta_api_shape_disabled", _BETA_SHAPE)
+            return _fatal(problem, 4000, "invalid_request_error.beta_api_shape_disabled")
+        model = query.get("model", "")
+        if not model:
+            problem = Problem("missing_model", "Missing required parameter: 'model'.", "model")
+            return _fatal(problem, 4000, "invalid_request_error.missing_model")
+        self.config = default_session(
+            session_id=self._session_id, model=model, expires_at=self._expires_at
+        )
+        return Outcome([{"type": "session.created", "session": self.config}])
+
+    def expire(self) -> Outcome:
+        """The session hit its maximum duration."""
+        return _fatal(Problem("session_expired", SESSION_EXPIRED), 1001, SESSION_EXPIRED)
+
+    def receive(self, message: str | bytes) -> Outcome:
+        """Parse one WebSocket message and handle it."""
+        if isinstance(message, bytes):
+            problem = Problem(
+                "invalid_json", "Binary frames are not supported; send events as JSON text."
+            )
+            return Outcome([problem.event()])
+        try:
+            event = json.loads(message)
+        except ValueError as exc:
+            problem = Problem("invalid_json", f"The server could not parse the JSON: {exc}.")
+            return Outcome([problem.event()])
+        if not isinstance(event, dict):
+            return Outcome([invalid_type("event", "an object", event).event()])
+        self.received.append(event)
+        return self.handle(event)
+
+    def handle(self, event: dict[str, Any]) -> Outcome:
+        """Handle one parsed client event."""
+        problem = check_event(event)
+        result = problem or self._handlers[event["type"]](event)
+        if isinstance(result, Problem):
+            event_id = event.get("event_id")
+            return Outcome([result.event(event_id if isinstance(event_id, str) else None)])
+        return result
+
+    def _next_id(self, prefix: str) -> str:
+        counter = self._counters.setdefault(prefix, itertools.count(1))
+        return f"{prefix}_{next(counter):04d}"
+
+    def _session_update(self, event: dict[str, Any]) -> Outcome | Problem:
+        voice_locked = any(run.sent_audio for run in self.runs)
+        updated = apply_update(self.config, event["session"], voice_locked=voice_locked)
+        if isinstance(updated, Problem):
+            return updated
+        self.config = updated
+        return Outcome([{"type": "session.updated", "session": updated}])
+
+    def _append(self, event: dict[str, Any]) -> Outcome | Problem:
+        audio = event["audio"]
+        if not isinstance(audio, str):
+            return invalid_type("audio", "a string", audio)
+        if len(audio) > MAX_APPEND_CHARS:
+            message = f"Invalid 'audio': string too long. Expected at most {MAX_APPEND_CHARS}."
+            return Problem("string_above_max_length", message, "audio")
+        try:
+            self._buffer += base64.b64decode(audio, validate=True)
+        except binascii.Error:
+            return Problem("invalid_value", "Invalid 'audio': expected base64 data.", "audio")
+        return Outcome()
+
+    def _clear(self, event: dict[str, Any]) -> Outcome:
+        self._buffer.clear()
+        return Outcome([{"type": "input_audio_buffer.cleared"}])
+
+    def _commit(self, event: dict[str, Any]) -> Outcome | Problem:
+        if len(self._buffer) < MIN_COMMIT_BYTES:
+            message = (
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms "
+                f"of audio, but buffer only has {len(self._buffer) / BYTES_PER_MS:.2f}ms of audio."
+            )
+            return Problem("input_audio_buffer_commit_empty", message)
+        audio = bytes(self._buffer)
+        self._buffer.clear()
+        self.committed_audio.append(audio)
+        content = [{"type": "input_audio", "transcript": None}]
+        item = Item(self._next_id("item"), "user", content, audio=bytearray(audio))
+        previous = self.conversation.add(item)
+        events: list[dict[str, Any]] = [
+            {
+                "type": "input_audio_buffer.committed",
+                "item_id": item.id,
+                "previous_item_id": previous,
+            },
+            {"type": "conversation.item.added", "previous_item_id": previous, "item": item.view()},
+            {"type": "conversation.item.done", "previous_item_id": previous, "item": item.view()},
+        ]
+        if self.config["audio"]["input"]["transcription"] is not None:
+            transcript = f"heard {len(audio) // BYTES_PER_MS} ms"
+            item.content = [{"type": "input_audio", "transcript": transcript}]
+            audio_tokens = input_audio_tokens(len(audio) // BYTES_PER_MS)
+            words = len(transcript.split())
+            usage = {
+                "type": "tokens",
+                "input_tokens": audio_tokens,
+                "output_tokens": words,
+                "total_tokens": audio_tokens + words,
+                "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
+            }
+            ids = {"item_id": item.id, "content_index": 0}
+            events += [
+                {
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    **ids,
+                    "delta": transcript,
+                },
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    **ids,
+                    "transcript": transcript,
+                    "usage": usage,
+                },
+            ]
+        return Outcome(events)
+
+    def _response_create(self, event: dict[str, Any]) -> Outcome | Problem:
+        active = self.active
+        if active is not None:
+            message = (
+                f"Conversation already has an active response in progress: {active.id}. Wait "
+                "until the response is finished before creating a new one."
+            )
+            return Problem("conversation_already_has_active_response", message)
+        options = event.get("response") or {}
+        session = copy.deepcopy(self.config)
+        voice = ((options.get("audio") or {}).get("output") or {}).get("voice")
+        if voice is not None:
+            session["audio"]["output"]["voice"] = voice
+        if options.get("instructions") is not None:
+            session["instructions"] = options["instructions"]
+        silence = bytes(SILENCE_MS * BYTES_PER_MS)
+        reply = self.committed_audio[-1] if self.committed_audio else silence
+        user_ms = sum(len(i.audio) for i in self.conversation.items if i.role == "user")
+        text_tokens = len(str(session["instructions"]).split())
+        audio_tokens = input_audio_tokens(user_ms // BYTES_PER_MS)
+        item = Item(self._next_id("item"), "assistant", [], status="in_progress")
+        previous = self.conversation.add(item)
+        run = ResponseRun(
+            response_id=self._next_id("resp"),
+            conversation_id=self._conversation_id,
+            item=item,
+            previous_item_id=previous,
+            audio=reply,
+            chunk_bytes=self._chunk_bytes,
+            session=session,
+            metadata=options.get("metadata"),
+            input_tokens=(text_tokens, audio_tokens),
+        )
+        self.runs.append(run)
+        return Outcome(start=run)
+
+    def _response_cancel(self, event: dict[str, Any]) -> Outcome | Problem:
+        active = self.active
+        wanted = event.get("response_id")
+        if active is None or (wanted is not None and wanted != active.id):
+            return Problem(
+                "response_cancel_not_active", "Cancellation failed: no active response found."
+            )
+        active.cancel_requested = True
+        return Outcome(cancel=active)
+
+    def _item_create(self, event: dict[str, Any]) -> Outcome | Problem:
+        result = self.conversation.create(lambda: self._next_id("item"), event)
+        return result if isinstance(result, Problem) else Outcome(result)
+
+    def _item_op(
+        self, operation: Callable[[dict[str, Any]], dict[str, Any] | Problem]
+    ) -> Callable[[dict[str, Any]], Outcome | Problem]:
+        def handle(event: dict[str, Any]) -> Outcome | Problem:
+            result = operation(event)
+            return result if isinstance(result, Problem) else Outcome([result])
+
+        return handle
+
+    def _webrtc_only(self, event: dict[str, Any]) -> Problem:
+        message = "output_audio_buffer.clear is only supported for WebRTC and SIP connections."
+        return Problem("invalid_value", message, "type")
+
+
+def _fatal(problem: Problem, code: int, reason: str) -> Outcome:
+    return Outcome([problem.event()], close=(code, reason))
