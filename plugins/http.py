@@ -50,7 +50,7 @@ class HttpInput:
         config = Config()
         config.bind = [f"{self.config.host}:{self.config.port}"]
         config.accesslog = None
-        config.errorlog = log
+        config.errorlog = logging.getLogger("voiced.http.server")  # hypercorn's own chatter
         app = _App(daemon)
         async with trio.open_nursery() as nursery:
             try:

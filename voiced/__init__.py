@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from voiced.events import ConnectionChanged as ConnectionChanged
     from voiced.events import Event as Event
     from voiced.events import StateChanged as StateChanged
     from voiced.events import Transcript as Transcript
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from voiced.turn import TurnCommand as TurnCommand
 
 _LAZY = {
+    "ConnectionChanged": "voiced.events",
     "Event": "voiced.events",
     "StateChanged": "voiced.events",
     "Transcript": "voiced.events",

@@ -134,11 +134,28 @@ class _Ready:
         self._on_started()
 
 
-async def _wait_for_signal() -> None:
+@asynccontextmanager
+async def _signals() -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A shutdown trigger that returns on the first SIGINT/SIGTERM.
+
+    The receiver stays installed until the daemon has shut down, so that a second signal
+    (``timeout`` and a terminal both forwarding one) is noted instead of interrupting the drain.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("%s: shutting down", signal.Signals(signum).name)
-            return
+        first = trio.Event()
+
+        async def watch() -> None:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                log.info(
+                    "%s: %s", name, "already shutting down" if first.is_set() else "shutting down"
+                )
+                first.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            yield first.wait
+            nursery.cancel_scope.cancel()
 
 
 async def run_daemon(
@@ -157,6 +174,10 @@ async def run_daemon(
     Raises:
         VoicedError: the config, a device or a plugin is wrong at startup.
     """
+    if shutdown_trigger is None:
+        async with _signals() as on_signal:
+            await run_daemon(config, shutdown_trigger=on_signal, task_status=task_status)
+        return
     plugins = Plugins(config).create_enabled()
     source = devices.open_source(config.audio.input)
     sink = devices.open_sink(config.audio.output)
@@ -172,7 +193,7 @@ async def run_daemon(
                 await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe)
                 log.info("ready: %s", ", ".join(s.spec.name for s in plugins) or "no plugins")
                 task_status.started(pipe)
-                await (shutdown_trigger or _wait_for_signal)()
+                await shutdown_trigger()
                 inputs.cancel_scope.cancel()
         # The pipeline has drained and ended every event channel: sinks write out the rest.
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE

@@ -100,7 +100,7 @@ def _logging(debug: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("trio-websocket", "hypercorn.error", "hypercorn.access"):
+    for noisy in ("trio-websocket", "voiced.http.server"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
@@ -199,6 +199,12 @@ def _first_voiced_error(exc: BaseException) -> VoicedError | None:
     return None
 
 
+def _only_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(inner) for inner in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``voiced`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -210,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        if _only_interrupts(exc):
+            return 130
         error = _first_voiced_error(exc)
         if args.debug:
             log.exception("failed")

@@ -58,4 +58,12 @@ class TurnEnded:
     latencies: dict[str, float] = field(default_factory=dict)
 
 
-Event = Transcript | StateChanged | TurnEnded
+@dataclass(frozen=True, slots=True)
+class ConnectionChanged:
+    """The link to the realtime server came up (``error`` None) or went down (why)."""
+
+    connected: bool
+    error: str | None = None
+
+
+Event = Transcript | StateChanged | TurnEnded | ConnectionChanged

@@ -20,7 +20,7 @@ import trio
 
 from voiced import protocol as p
 from voiced.audio import AudioFrame, EndOfReply
-from voiced.events import StateChanged, Transcript, TurnEnded
+from voiced.events import ConnectionChanged, StateChanged, Transcript, TurnEnded
 from voiced.router import Broadcast, Inbound, Shutdown
 from voiced.stages.playback import Player
 from voiced.stages.transport import Connected, Disconnected, Wire
@@ -143,9 +143,11 @@ class Session:
             await self._apply(self.controller.playback_done(msg.response_id))
         elif isinstance(msg, Connected):
             self.status.connected = True
+            self._broadcast.publish(ConnectionChanged(True))
         elif isinstance(msg, Disconnected):
             self.status.connected = self.status.ready = False
             self.status.last_error = str(msg.error)
+            self._broadcast.publish(ConnectionChanged(False, str(msg.error)))
             self._outcome = "lost"
             await self._apply(self.controller.connection_lost())
         elif isinstance(msg, p.ServerEvent):

@@ -21,6 +21,7 @@ from voiced import protocol as p
 from voiced.errors import (
     AuthRejected,
     ConnectionLost,
+    RemoteProtocolError,
     RequestRejected,
     ServerUnreachable,
     TransportError,
@@ -143,68 +144,83 @@ async def _connection(
     inbound: trio.abc.SendChannel[Inbound],
     wire: Wire,
 ) -> None:
-    proto = p.RealtimeProtocol()
+    link = _Link(endpoint, p.RealtimeProtocol(), wire)
     headers = [(b"Authorization", f"Bearer {endpoint.api_key}".encode())]
-    last: list[p.ErrorEvent] = []
     try:
-        async with (
-            tw.open_websocket_url(
-                endpoint.full_url,
-                extra_headers=headers,
-                max_message_size=MAX_FRAME,
-                receive_buffer_size=RECEIVE_BUFFER,
-                connect_timeout=endpoint.connect_timeout,
-                disconnect_timeout=2,
-            ) as ws,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(_write, ws, proto, outbound, wire, nursery.cancel_scope)
-            await _read(ws, proto, hello, inbound, wire, last)
+        async with tw.open_websocket_url(
+            endpoint.full_url,
+            extra_headers=headers,
+            max_message_size=MAX_FRAME,
+            receive_buffer_size=RECEIVE_BUFFER,
+            connect_timeout=endpoint.connect_timeout,
+            disconnect_timeout=2,
+        ) as ws:
+            link.ws = ws
+            # Both tasks catch the close themselves, so that it leaves this nursery as the one
+            # TransportError below rather than inside an ExceptionGroup.
+            async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
+                nursery.start_soon(link.write, outbound)
+                await link.read(hello, inbound)
     except tw.ConnectionRejected as exc:
         raise _rejected(endpoint, exc.status_code) from exc
-    except tw.ConnectionClosed as exc:
-        raise _closed(endpoint, exc.reason, last[-1] if last else None) from exc
     except (OSError, tw.HandshakeError) as exc:
         raise ServerUnreachable(f"cannot reach {endpoint.url}: {_why(exc)}") from exc
+    if link.closed is not None:
+        raise _closed(endpoint, link.closed.reason, link.last_error) from link.closed
 
 
-async def _read(
-    ws: tw.WebSocketConnection,
-    proto: p.RealtimeProtocol,
-    hello: p.SessionUpdate,
-    inbound: trio.abc.SendChannel[Inbound],
-    wire: Wire,
-    last_error: list[p.ErrorEvent],
-) -> None:
-    while True:
-        event = proto.receive(await ws.get_message())
-        wire.events_received += 1
-        if isinstance(event, p.ErrorEvent):
-            last_error.append(event)
-            del last_error[:-1]
-        elif isinstance(event, p.SessionCreated):
-            await ws.send_message(proto.send(hello))
-            wire.connected = True
-            wire.connects += 1
-            sid = event.session.get("id")
-            log.info("connected to %s (session %s)", ws.remote, sid)
-            await inbound.send(Connected(sid if isinstance(sid, str) else None))
-        await inbound.send(event)
+class _Link:
+    """One open connection: the reader and writer around the sans-IO protocol."""
 
+    def __init__(self, endpoint: Endpoint, proto: p.RealtimeProtocol, wire: Wire) -> None:
+        self.endpoint = endpoint
+        self.proto = proto
+        self.wire = wire
+        self.ws: tw.WebSocketConnection
+        self.scope: trio.CancelScope
+        self.closed: tw.ConnectionClosed | None = None
+        self.last_error: p.ErrorEvent | None = None
+        """The last ``error`` event: what a fatal close that follows it means."""
 
-async def _write(
-    ws: tw.WebSocketConnection,
-    proto: p.RealtimeProtocol,
-    outbound: trio.abc.ReceiveChannel[p.ClientEvent],
-    wire: Wire,
-    done: trio.CancelScope,
-) -> None:
-    async for event in outbound:
-        await ws.send_message(proto.send(event))
-        wire.events_sent += 1
-        if isinstance(event, p.InputAudioBufferCommit):
-            wire.commit_sent_at = trio.current_time()
-    done.cancel()  # outbound closed: shutting down, stop reading too
+    def _lost(self, exc: tw.ConnectionClosed) -> None:
+        if self.closed is None:
+            self.closed = exc
+        self.scope.cancel()
+
+    async def read(self, hello: p.SessionUpdate, inbound: trio.abc.SendChannel[Inbound]) -> None:
+        try:
+            while True:
+                text = await self.ws.get_message()
+                try:
+                    event = self.proto.receive(text)
+                except RemoteProtocolError as exc:
+                    log.warning("ignoring a malformed server event: %s", exc)
+                    continue
+                self.wire.events_received += 1
+                if isinstance(event, p.ErrorEvent):
+                    self.last_error = event
+                elif isinstance(event, p.SessionCreated):
+                    await self.ws.send_message(self.proto.send(hello))
+                    self.wire.connected = True
+                    self.wire.connects += 1
+                    sid = event.session.get("id")
+                    log.info("connected to %s (session %s)", self.endpoint.url, sid)
+                    await inbound.send(Connected(sid if isinstance(sid, str) else None))
+                await inbound.send(event)
+        except tw.ConnectionClosed as exc:
+            self._lost(exc)
+
+    async def write(self, outbound: trio.abc.ReceiveChannel[p.ClientEvent]) -> None:
+        try:
+            async for event in outbound:
+                await self.ws.send_message(self.proto.send(event))
+                self.wire.events_sent += 1
+                if isinstance(event, p.InputAudioBufferCommit):
+                    self.wire.commit_sent_at = trio.current_time()
+        except tw.ConnectionClosed as exc:
+            self._lost(exc)
+        self.scope.cancel()  # outbound closed: shutting down, stop reading too
 
 
 def _why(exc: BaseException) -> str:

@@ -1,0 +1,3 @@
+"""Benchmarks of voiced against the simulator (see bench/README.md)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""The push-to-talk clients the benchmark runs, one subprocess each."""
+
+from __future__ import annotations

@@ -1,0 +1,158 @@
+"""``voiced run`` in-process: a push-to-talk turn driven over real HTTP on loopback against the
+simulator on a real loopback WebSocket, with a paced WAV microphone and speaker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import SIM_KEY, RunningSim, config_file, free_port, read_wav, tone, write_wav
+from voiced.app import run_daemon
+from voiced.config import load_config
+from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
+from voiced.pipeline import Pipeline
+from voiced.turn import State
+
+MIC = tone(2.0, seed=7)
+
+
+@asynccontextmanager
+async def daemon(
+    tmp_path: Path, url: str, *, speaker_realtime: bool = True
+) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.MemoryReceiveChannel[Event]]]:
+    port = free_port()
+    mic = write_wav(tmp_path / "mic.wav", MIC)
+    path = config_file(
+        tmp_path,
+        f"realtime: {{url: '{url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
+        f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true}}\n"
+        f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
+        f"realtime: {str(speaker_realtime).lower()}}}\n"
+        f"plugins:\n  http: {{port: {port}}}\n  stdout: {{}}\n",
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        pipe: Pipeline = await nursery.start(
+            partial(run_daemon, load_config(path), shutdown_trigger=stop.wait)
+        )
+        events = pipe.broadcast.subscribe("test")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            yield pipe, client, events
+        stop.set()
+
+
+async def next_state(events: trio.MemoryReceiveChannel[Event]) -> State:
+    async for event in events:
+        if isinstance(event, StateChanged):
+            return event.new
+    raise AssertionError("events ended")
+
+
+async def test_turn_over_http(
+    sim: RunningSim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url) as (pipe, http, events):
+            await pipe.session.ready.wait()
+            status = (await http.get("/status")).json()
+            assert (status["state"], status["turns"], status["connected"]) == ("idle", 0, True)
+            assert (await http.get("/healthz")).status_code == 200
+
+            response = await http.post("/start")
+            assert response.status_code == 202
+            assert await next_state(events) is State.LISTENING
+            assert (await http.get("/status")).json()["state"] == "listening"
+            await trio.sleep(0.5)  # the person speaks for half a second
+            assert (await http.post("/commit")).status_code == 202
+            assert await next_state(events) is State.THINKING
+            assert await next_state(events) is State.SPEAKING
+            # The paced speaker takes as long as the reply: speaking is visible from outside.
+            assert (await http.get("/status")).json()["state"] == "speaking"
+            assert await next_state(events) is State.IDLE
+            status = (await http.get("/status")).json()
+            assert (status["state"], status["turns"]) == ("idle", 1)
+            assert status["last_turn"]["outcome"] == "completed"
+            assert set(status["last_turn"]["latencies_ms"]) == {"commit", "first_audio", "first_play"}
+
+    (conn,) = sim.sim.connections
+    (heard,) = conn.committed_audio
+    # What the server got is a gapless stretch of what the microphone heard (a looped file).
+    assert 0.45 * 48000 <= len(heard) <= 0.8 * 48000
+    assert heard in MIC * 3
+    assert read_wav(tmp_path / "spk.wav") == conn.reply_audio[0]
+    ms = len(heard) // 48
+    assert capsys.readouterr().out.splitlines() == [f"user: heard {ms} ms", f"agent: echo of {ms} ms"]
+
+
+async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url) as (pipe, http, events):
+            await pipe.session.ready.wait()
+            await http.post("/start")
+            assert await next_state(events) is State.LISTENING
+            await trio.sleep(1.0)  # a one-second question: a one-second (echo) answer
+            await http.post("/commit")
+            assert await next_state(events) is State.THINKING
+            assert await next_state(events) is State.SPEAKING
+            await trio.sleep(0.3)  # let some of the answer play
+            await http.post("/start")  # barge in
+            assert await next_state(events) is State.LISTENING
+            await http.post("/cancel")
+            assert await next_state(events) is State.IDLE
+
+    conn = sim.sim.connections[0]
+    truncates = [e for e in conn.received if e["type"] == "conversation.item.truncate"]
+    (truncate,) = truncates
+    played_ms = len(read_wav(tmp_path / "spk.wav")) // 48
+    assert 0 < truncate["audio_end_ms"] < len(conn.committed_audio[0]) // 48
+    assert abs(truncate["audio_end_ms"] - played_ms) <= 20  # the speaker stops within a block
+    types = [e["type"] for e in conn.received]
+    assert types.index("conversation.item.truncate") > types.index("input_audio_buffer.commit")
+    assert conn.errors_sent == []
+
+
+async def test_daemon_stays_up_when_server_unreachable(tmp_path: Path) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    with trio.fail_after(20):
+        async with daemon(tmp_path, url) as (pipe, http, events):
+            async for event in events:
+                if isinstance(event, ConnectionChanged):
+                    assert not event.connected
+                    assert event.error is not None and event.error.startswith("cannot reach")
+                    break
+            health = await http.get("/healthz")
+            assert health.status_code == 503
+            assert health.json()["error"].startswith(f"cannot reach {url}")
+            status = (await http.get("/status")).json()
+            assert (status["connected"], status["state"]) == (False, "idle")
+            # Commands are taken and answered while the server is away.
+            assert (await http.post("/start")).status_code == 202
+            assert await next_state(events) is State.LISTENING
+
+
+async def test_http_errors(sim: RunningSim, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url) as (_pipe, http, _events):
+            assert (await http.get("/start")).status_code == 405
+            assert (await http.post("/status")).status_code == 405
+            missing = await http.get("/nothing")
+            assert (missing.status_code, missing.json()) == (404, {"error": "no such endpoint: /nothing"})
+
+
+async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url, speaker_realtime=False) as (pipe, http, events):
+            await pipe.session.ready.wait()
+            await http.post("/start")
+            await trio.sleep(0.2)  # the person speaks
+            await http.post("/commit")
+            async for event in events:
+                if isinstance(event, TurnEnded):
+                    assert (event.turn, event.outcome) == (1, "completed")
+                    break
