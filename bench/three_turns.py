@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import resource
-import secrets
 import socket
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import tempfile
 import threading
 import time
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,28 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextmanager
+def simulator(port: int, key: str, log_path: Path) -> Iterator[None]:
+    """``python -m voiced sim`` in its own process, accepting TCP, until the block ends."""
+    with log_path.open("wb") as sim_log:
+        sim = subprocess.Popen(
+            [PYTHON, "-m", "voiced", "sim", "--port", str(port), "--key", key],
+            stdin=subprocess.DEVNULL,
+            stdout=sim_log,
+            stderr=sim_log,
+        )
+        try:
+            wait_for_tcp(port, sim)
+            yield
+        finally:
+            sim.terminate()
+            try:
+                sim.wait(5)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
 
 
 def wait_for_tcp(port: int, sim: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -200,12 +223,10 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "wall_s": [r.wall_s for r in runs],
     }
     out: dict[str, Any] = {"ok": all(r.ok for r in runs), "runs": len(runs)}
-    out["audio_s"] = round(statistics.median(r.audio_s for r in runs), 3)
+    out["audio_s"] = statistics.median(r.audio_s for r in runs)
     for name, values in series.items():
-        out[name] = round(statistics.median(values), 4) if values else None
-    out["min"] = {
-        name: round(min(values), 4) if values else None for name, values in series.items()
-    }
+        out[name] = statistics.median(values) if values else None
+    out["min"] = {name: min(values) if values else None for name, values in series.items()}
     problems = [r.problem for r in runs if r.problem]
     if problems:
         out["problems"] = problems
@@ -248,38 +269,22 @@ def bench(runs: int, tmp: Path) -> dict[str, Any]:
     sent = b"".join(read_pcm(path) for path in inputs)
     wavs = [str(path) for path in inputs]
 
-    port, key = free_port(), f"sk-bench-{secrets.token_hex(8)}"
+    port, key = free_port(), f"sk-bench-{os.urandom(8).hex()}"
     base_url = f"ws://127.0.0.1:{port}/v1"
     config = tmp / "voiced.yaml"
     config.write_text(voiced_config(base_url, key))
-    client_args = ["--base-url", base_url, "--key", key, "--model", MODEL]
-    clients = {
+    ask = ["--config", str(config), "--out", "{out}", *wavs]
+    client = ["--base-url", base_url, "--key", key, "--model", MODEL, "--out", "{out}", *wavs]
+    clients = {  # "{out}" stands for the client's reply file
         "voiced": [PYTHON, "-m", "bench.clients.voiced_client", str(config), "{out}", *wavs],
-        "voiced_cli": [PYTHON, "-m", "voiced", "ask", "--config", str(config), *wavs],
-        "sdk": [PYTHON, "-m", "bench.clients.sdk_client", *client_args, "--out", "{out}", *wavs],
-        "floor": [
-            PYTHON,
-            "-m",
-            "bench.clients.floor_client",
-            *client_args,
-            "--out",
-            "{out}",
-            *wavs,
-        ],
+        "voiced_cli": [PYTHON, "-m", "voiced", "ask", *ask],
+        "sdk": [PYTHON, "-m", "bench.clients.sdk_client", *client],
+        "floor": [PYTHON, "-m", "bench.clients.floor_client", *client],
     }
-    clients["voiced_cli"] += ["--out", "{out}"]
 
-    sim_log = (tmp / "sim.log").open("wb")
-    sim = subprocess.Popen(
-        [PYTHON, "-m", "voiced", "sim", "--port", str(port), "--key", key],
-        stdin=subprocess.DEVNULL,
-        stdout=sim_log,
-        stderr=sim_log,
-    )
     results: dict[str, list[Run]] = {name: [] for name in clients}
-    try:
-        wait_for_tcp(port, sim)
-        log(f"simulator on {base_url}/realtime (pid {sim.pid}); {runs} run(s) per client")
+    with simulator(port, key, tmp / "sim.log"):
+        log(f"simulator on {base_url}/realtime; {runs} run(s) per client")
         for n in range(1, runs + 1):
             for name, template in clients.items():
                 out = tmp / f"{name}.out.wav"
@@ -291,14 +296,6 @@ def bench(runs: int, tmp: Path) -> dict[str, Any]:
                     f"rss {run.peak_rss_mb:.1f} MB  wall {run.wall_s:.3f} s  "
                     + ("ok" if run.ok else f"FAILED: {run.problem}")
                 )
-    finally:
-        sim.terminate()
-        try:
-            sim.wait(5)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
-        sim_log.close()
 
     log(f"timing --help, {HELP_RUNS} runs each")
     help_s = median_wall([PYTHON, "-m", "voiced", "--help"], HELP_RUNS, str(tmp))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import wave
 from array import array
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -73,11 +72,11 @@ class RunningSim:
 
 
 @pytest.fixture
-async def sim(nursery: trio.Nursery) -> AsyncIterator[RunningSim]:
+async def sim(nursery: trio.Nursery) -> RunningSim:
     """The simulator on a loopback port, accepting ``SIM_KEY``."""
     simulator = Simulator(api_key=SIM_KEY)
     port = await nursery.start(simulator.serve)
-    yield RunningSim(simulator, port)
+    return RunningSim(simulator, port)
 
 
 def config_file(tmp_path: Path, text: str) -> Path:

@@ -51,7 +51,9 @@ async def test_three_turns_bit_exact(
     assert conn.errors_sent == []
     # The appended audio is exactly the committed audio (nothing sent outside a turn).
     appended = b"".join(
-        base64.b64decode(e["audio"]) for e in conn.received if e["type"] == "input_audio_buffer.append"
+        base64.b64decode(e["audio"])
+        for e in conn.received
+        if e["type"] == "input_audio_buffer.append"
     )
     assert appended == b"".join(utterances)
     hello = conn.received[0]
@@ -86,9 +88,14 @@ async def test_too_short_commit_sends_clear_not_commit(sim: RunningSim, tmp_path
 
 async def test_wrong_key_is_stated_plainly(sim: RunningSim, tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, sim.url, key="sk-wrong"))
-    with trio.fail_after(10), pytest.RaisesGroup(
-        pytest.RaisesExc(AuthRejected, match=r"^the server rejected the API key: Incorrect API key"),
-        flatten_subgroups=True,
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(
+                AuthRejected, match=r"^the server rejected the API key: Incorrect API key"
+            ),
+            flatten_subgroups=True,
+        ),
     ):
         await ask(config, [write_wav(tmp_path / "a.wav", tone(0.5))], tmp_path / "out.wav")
     assert sim.sim.connections[0].close_code == 3000
@@ -97,9 +104,14 @@ async def test_wrong_key_is_stated_plainly(sim: RunningSim, tmp_path: Path) -> N
 async def test_http_401_at_handshake_is_a_rejected_key(sim: RunningSim, tmp_path: Path) -> None:
     sim.sim.faults.handshake_status = 401
     config = load_config(_config(tmp_path, sim.url))
-    with trio.fail_after(10), pytest.RaisesGroup(
-        pytest.RaisesExc(AuthRejected, match=r"^the server rejected the API key \(HTTP 401 at "),
-        flatten_subgroups=True,
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(
+                AuthRejected, match=r"^the server rejected the API key \(HTTP 401 at "
+            ),
+            flatten_subgroups=True,
+        ),
     ):
         await ask(config, [write_wav(tmp_path / "a.wav", tone(0.5))], tmp_path / "out.wav")
 
@@ -109,17 +121,23 @@ async def test_unreachable_server(tmp_path: Path) -> None:
 
     url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     config = load_config(_config(tmp_path, url))
-    with trio.fail_after(10), pytest.RaisesGroup(
-        pytest.RaisesExc(ServerUnreachable, match=rf"^cannot reach {url}: "),
-        flatten_subgroups=True,
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(ServerUnreachable, match=rf"^cannot reach {url}: "),
+            flatten_subgroups=True,
+        ),
     ):
         await ask(config, [write_wav(tmp_path / "a.wav", tone(0.5))], tmp_path / "out.wav")
 
 
 async def test_wrong_path_is_a_request_error(sim: RunningSim, tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, f"ws://127.0.0.1:{sim.port}/v1/nothing"))
-    with trio.fail_after(10), pytest.RaisesGroup(
-        pytest.RaisesExc(RequestRejected, match=r"^no realtime endpoint at .* \(HTTP 404\)"),
-        flatten_subgroups=True,
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RequestRejected, match=r"^no realtime endpoint at .* \(HTTP 404\)"),
+            flatten_subgroups=True,
+        ),
     ):
         await ask(config, [write_wav(tmp_path / "a.wav", tone(0.5))], tmp_path / "out.wav")

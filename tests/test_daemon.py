@@ -78,7 +78,11 @@ async def test_turn_over_http(
             status = (await http.get("/status")).json()
             assert (status["state"], status["turns"]) == ("idle", 1)
             assert status["last_turn"]["outcome"] == "completed"
-            assert set(status["last_turn"]["latencies_ms"]) == {"commit", "first_audio", "first_play"}
+            assert set(status["last_turn"]["latencies_ms"]) == {
+                "commit",
+                "first_audio",
+                "first_play",
+            }
 
     (conn,) = sim.sim.connections
     (heard,) = conn.committed_audio
@@ -87,7 +91,10 @@ async def test_turn_over_http(
     assert heard in MIC * 3
     assert read_wav(tmp_path / "spk.wav") == conn.reply_audio[0]
     ms = len(heard) // 48
-    assert capsys.readouterr().out.splitlines() == [f"user: heard {ms} ms", f"agent: echo of {ms} ms"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"user: heard {ms} ms",
+        f"agent: echo of {ms} ms",
+    ]
 
 
 async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: Path) -> None:
@@ -120,11 +127,11 @@ async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: 
 async def test_daemon_stays_up_when_server_unreachable(tmp_path: Path) -> None:
     url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     with trio.fail_after(20):
-        async with daemon(tmp_path, url) as (pipe, http, events):
+        async with daemon(tmp_path, url) as (_pipe, http, events):
             async for event in events:
                 if isinstance(event, ConnectionChanged):
                     assert not event.connected
-                    assert event.error is not None and event.error.startswith("cannot reach")
+                    assert (event.error or "").startswith("cannot reach")
                     break
             health = await http.get("/healthz")
             assert health.status_code == 503
@@ -142,7 +149,10 @@ async def test_http_errors(sim: RunningSim, tmp_path: Path) -> None:
             assert (await http.get("/start")).status_code == 405
             assert (await http.post("/status")).status_code == 405
             missing = await http.get("/nothing")
-            assert (missing.status_code, missing.json()) == (404, {"error": "no such endpoint: /nothing"})
+            assert (missing.status_code, missing.json()) == (
+                404,
+                {"error": "no such endpoint: /nothing"},
+            )
 
 
 async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -> None:

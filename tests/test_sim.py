@@ -1,18 +1,21 @@
 """Tests for `voiced.sim`: the embedded Realtime simulator, over loopback TCP and in-memory streams.
 
-Every test talks to the simulator through a real trio-websocket client, the way voiced will, and
-waits on events, never on sleeps. Timed behaviour (pacing, cancel mid-response, expiry) runs over
-in-memory streams with ``autojump_clock``, so virtual time makes it instant and deterministic.
+The tests talk to the simulator through a real trio-websocket client, the way voiced will, and
+wait on events, never on sleeps; only the table of hostile events drives the sans-IO session
+directly. Timed behaviour (pacing, cancel mid-response, expiry) runs over in-memory streams with
+``autojump_clock``, so virtual time makes it instant and deterministic.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +24,10 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
+import voiced.sim
 from tests.sdkcheck import assert_valid_client_event, assert_valid_server_event
 from voiced.sim import SimFaults, Simulator
+from voiced.sim.session import SimSession
 
 KEY = "sk-sim-0123456789abcdef"
 RESOURCE = "/v1/realtime?model=gpt-realtime"
@@ -98,12 +103,18 @@ async def open_tcp_ws(
 async def open_memory_ws(
     sim: Simulator, headers: list[tuple[bytes, bytes]] | None = None
 ) -> AsyncIterator[WebSocketConnection]:
-    """A client connected to ``sim.handle_stream`` over an in-memory stream pair."""
+    """A client connected to ``sim.handle_stream`` over an in-memory stream pair.
+
+    Once the connection has ended, every event the simulator sent is checked against the SDK.
+    """
     client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sim.handle_stream, server_stream)
         async with open_client(client_stream, headers=headers) as ws:
             yield ws
+    for conn in sim.connections:
+        for event in conn.sent:
+            assert_valid_server_event(event)
 
 
 async def rejected_upgrade(port: int, resource: str) -> ConnectionRejected:
@@ -259,8 +270,6 @@ async def test_memory_stream_turn_echoes_silence_before_any_commit() -> None:
     assert deltas(response) == bytes(500 * BYTES_PER_MS)
     assert [e["type"] for e in response].count("response.output_audio.delta") == 3
     assert response[-2]["response"]["status"] == "completed"
-    for event in sim.connections[0].sent:
-        assert_valid_server_event(event)
 
 
 async def test_wrong_key_is_refused_and_closed_3000(
@@ -516,8 +525,6 @@ async def test_cancel_mid_response(autojump_clock: trio.testing.MockClock) -> No
     assert conn.reply_audio == [sent]
     assert 0 < len(sent) < len(audio)
     assert audio.startswith(sent)
-    for event in conn.sent:
-        assert_valid_server_event(event)
 
 
 async def test_cancel_with_nothing_active_is_harmless() -> None:
@@ -618,3 +625,108 @@ async def test_session_expires_and_closes_1001(autojump_clock: trio.testing.Mock
     assert (closed.value.reason.code, closed.value.reason.reason) == (1001, message)
     assert (sim.connections[0].close_code, sim.connections[0].close_reason) == (1001, message)
     assert sim.connections[0].closed.is_set()
+
+
+async def test_item_create_retrieve_delete() -> None:
+    with trio.fail_after(5):
+        sim = Simulator(api_key=KEY)
+        async with open_memory_ws(sim) as ws:
+            await recv(ws)
+            await append(ws, pcm(200))
+            await send(ws, {"type": "input_audio_buffer.commit"})
+            audio_item = (await recv(ws))["item_id"]
+            await recv_until(ws, "conversation.item.done")
+            text = {"type": "input_text", "text": "hello"}
+            item = {"type": "message", "role": "user", "content": [text]}
+            await send(ws, {"type": "conversation.item.create", "item": item})
+            added, done = await recv(ws), await recv(ws)
+            await send(ws, {"type": "conversation.item.retrieve", "item_id": audio_item})
+            retrieved = await recv(ws)
+            await send(ws, {"type": "conversation.item.delete", "item_id": audio_item})
+            deleted = await recv(ws)
+            await send(ws, {"type": "conversation.item.retrieve", "item_id": audio_item})
+            gone = error_of(await recv(ws))
+
+    assert (added["type"], done["type"]) == ("conversation.item.added", "conversation.item.done")
+    assert added["previous_item_id"] == audio_item
+    assert added["item"]["content"] == [text]
+    content = retrieved["item"]["content"][0]
+    assert base64.b64decode(content["audio"]) == pcm(200)
+    assert (deleted["type"], deleted["item_id"]) == ("conversation.item.deleted", audio_item)
+    assert (gone["code"], gone["param"]) == ("item_not_found", "item_id")
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        ({"type": "input_audio_buffer.append", "audio": "AAé="}, "invalid_value"),
+        ({"type": "input_audio_buffer.append", "audio": 5}, "invalid_type"),
+        ({"type": "session.update", "session": {"type": "realtime", "audio": "x"}}, "invalid_type"),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"speed": 3}}},
+            },
+            "decimal_above_max_value",
+        ),
+        (
+            {"type": "session.update", "session": {"type": "transcription"}},
+            "invalid_value",
+        ),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": "hi"},
+            },
+            "invalid_type",
+        ),
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_audio", "audio": 7}],
+                },
+            },
+            "invalid_value",
+        ),
+        (
+            {"type": "response.create", "response": {"audio": {"output": {"voice": {}}}}},
+            "invalid_value",
+        ),
+        ({"type": "response.create", "response": {"metadata": {"a": 1}}}, "invalid_type"),
+        ({"type": "output_audio_buffer.clear"}, "invalid_value"),
+        ([1, 2], "invalid_type"),
+    ],
+)
+def test_session_answers_hostile_events_with_one_error(event: object, code: str) -> None:
+    """The sans-IO session, driven directly: malformed input is an error event, never a crash."""
+    session = SimSession(api_key=KEY, session_id="sess_0001", chunk_ms=100, now=0.0)
+    assert session.open({"authorization": f"Bearer {KEY}"}, {"model": "m"}).close is None
+    outcome = session.receive(json.dumps(event))
+    assert (outcome.close, outcome.start) == (None, None)
+    (error,) = [session.stamp(reply) for reply in outcome.events]
+    assert error_of(error)["code"] == code
+    assert_valid_server_event(error)
+
+
+def test_protocol_modules_stay_sans_io() -> None:
+    """The protocol logic imports no I/O library, and no simulator module needs the SDK."""
+    package = Path(voiced.sim.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {
+            name.split(".")[0]
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        assert not imported & {"openai", "pydantic"}, path.name
+        if path.name not in ("__init__.py", "server.py"):
+            assert not imported & {"trio", "trio_websocket"}, path.name

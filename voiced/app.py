@@ -29,6 +29,7 @@ from voiced.events import Event, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
 from voiced.session import Status
+from voiced.stages.encode import APPEND_MS
 from voiced.stages.transport import Endpoint
 from voiced.turn import Command, TurnCommand
 
@@ -256,7 +257,7 @@ async def ask(
 
 async def _turn(pipe: Pipeline, pcm: bytes, events: trio.MemoryReceiveChannel[Event]) -> TurnEnded:
     await pipe.inbound.send(TurnCommand(Command.START, "ask"))
-    step = bytes_of(20)
+    step = bytes_of(APPEND_MS)  # a file needs no live pacing: frames the size of an append
     for start in range(0, len(pcm), step):
         await pipe.inbound.send(AudioFrame(pcm[start : start + step], trio.current_time()))
     await pipe.inbound.send(TurnCommand(Command.COMMIT, "ask"))

@@ -34,7 +34,7 @@ def silence(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AudioFrame:
     """A run of wire PCM captured from a source.
 
@@ -47,7 +47,7 @@ class AudioFrame:
     captured_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ReplyAudio:
     """A run of wire PCM from the server, on its way to the speaker.
 
@@ -62,7 +62,7 @@ class ReplyAudio:
     item_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EndOfReply:
     """Marks the end of a response's audio in the playback queue."""
 

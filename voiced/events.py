@@ -11,7 +11,7 @@ from typing import Literal
 from voiced.turn import State
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Transcript:
     """A final transcript of one side of a turn.
 
@@ -30,7 +30,7 @@ class Transcript:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StateChanged:
     """The turn controller moved from ``old`` to ``new`` during ``turn``."""
 
@@ -39,7 +39,7 @@ class StateChanged:
     turn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TurnEnded:
     """A turn is over.
 
@@ -58,7 +58,7 @@ class TurnEnded:
     latencies: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConnectionChanged:
     """The link to the realtime server came up (``error`` None) or went down (why)."""
 

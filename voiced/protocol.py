@@ -10,7 +10,6 @@ lives in this module. Unknown server event types are tolerated and logged once e
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ Json: TypeAlias = dict[str, Any]
 # --------------------------------------------------------------------------- client events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Transcription:
     """Input transcription settings (``session.audio.input.transcription``)."""
 
@@ -43,7 +42,7 @@ class Transcription:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ClientEvent:
     """Base of the events voiced sends. ``event_id`` comes back in a server ``error``."""
 
@@ -62,7 +61,7 @@ class ClientEvent:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SessionUpdate(ClientEvent):
     """Configure the session for push-to-talk: manual turns, PCM 24 kHz both ways."""
 
@@ -93,7 +92,7 @@ class SessionUpdate(ClientEvent):
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputAudioBufferAppend(ClientEvent):
     """Append PCM to the server's input buffer. Never acknowledged."""
 
@@ -104,28 +103,28 @@ class InputAudioBufferAppend(ClientEvent):
         return {"audio": base64.b64encode(self.audio).decode("ascii")}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputAudioBufferCommit(ClientEvent):
     """Turn the input buffer into a user item. Does not start a response."""
 
     type: ClassVar[str] = "input_audio_buffer.commit"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputAudioBufferClear(ClientEvent):
     """Drop what is in the input buffer."""
 
     type: ClassVar[str] = "input_audio_buffer.clear"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ResponseCreate(ClientEvent):
     """Ask for a response to the conversation so far."""
 
     type: ClassVar[str] = "response.create"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ResponseCancel(ClientEvent):
     """Cancel a response; without ``response_id``, the one in progress."""
 
@@ -136,7 +135,7 @@ class ResponseCancel(ClientEvent):
         return {} if self.response_id is None else {"response_id": self.response_id}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConversationItemTruncate(ClientEvent):
     """Cut an assistant item's audio at what was actually played."""
 
@@ -156,71 +155,71 @@ class ConversationItemTruncate(ClientEvent):
 # --------------------------------------------------------------------------- server events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ServerEvent:
     """Base of the events the server sends."""
 
     type: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SessionCreated(ServerEvent):
     session: Json
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SessionUpdated(ServerEvent):
     session: Json
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputAudioBufferCommitted(ServerEvent):
     item_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputAudioBufferCleared(ServerEvent):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputTranscriptionCompleted(ServerEvent):
     item_id: str
     transcript: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InputTranscriptionFailed(ServerEvent):
     item_id: str
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ResponseCreated(ServerEvent):
     response_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutputAudioDelta(ServerEvent):
     response_id: str
     item_id: str
     audio: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutputTranscriptDone(ServerEvent):
     response_id: str
     item_id: str
     transcript: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConversationItemTruncated(ServerEvent):
     item_id: str
     audio_end_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ResponseDone(ServerEvent):
     response_id: str
     status: str
@@ -229,7 +228,7 @@ class ResponseDone(ServerEvent):
     """``status_details.reason``, or the error message of a failed response."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ErrorEvent(ServerEvent):
     error_type: str
     code: str | None
@@ -239,7 +238,7 @@ class ErrorEvent(ServerEvent):
     """The ``event_id`` of the client event that caused it, when it had one."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OtherEvent(ServerEvent):
     """A documented server event voiced has no use for (kept whole, for logs)."""
 
@@ -275,10 +274,11 @@ _PASSIVE = frozenset(
 )
 
 
-def _str(data: Json, key: str) -> str:
+def _str(data: Json, key: str, kind: str | None = None) -> str:
     value = data.get(key)
     if not isinstance(value, str):
-        raise RemoteProtocolError(f"{data.get('type')}: expected a string {key!r}, got {value!r}")
+        where = kind or data.get("type")
+        raise RemoteProtocolError(f"{where}: expected a string {key!r}, got {value!r}")
     return value
 
 
@@ -294,10 +294,17 @@ def _sub(data: Json, key: str) -> Json:
     return value
 
 
+def _int(data: Json, key: str) -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RemoteProtocolError(f"{data.get('type')}: expected an integer {key!r}, got {value!r}")
+    return value
+
+
 def _audio_delta(t: str, d: Json) -> ServerEvent:
     try:
         audio = base64.b64decode(_str(d, "delta"), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise RemoteProtocolError(f"{t}: delta is not base64: {exc}") from exc
     return OutputAudioDelta(t, _str(d, "response_id"), _str(d, "item_id"), audio)
 
@@ -308,7 +315,7 @@ def _response_done(t: str, d: Json) -> ServerEvent:
     reason = details.get("reason") if isinstance(details, dict) else None
     if reason is None and isinstance(details, dict) and isinstance(details.get("error"), dict):
         reason = details["error"].get("message")
-    return ResponseDone(t, _str(response, "id"), _str(response, "status"), reason)
+    return ResponseDone(t, _str(response, "id", t), _str(response, "status", t), reason)
 
 
 def _error(t: str, d: Json) -> ServerEvent:
@@ -332,12 +339,12 @@ _PARSERS: Mapping[str, Callable[[str, Json], ServerEvent]] = {
         InputTranscriptionCompleted(t, _str(d, "item_id"), _str(d, "transcript"))
     ),
     "conversation.item.input_audio_transcription.failed": lambda t, d: InputTranscriptionFailed(
-        t, _str(d, "item_id"), _opt_str(d.get("error") or {}, "message") or "(no message)"
+        t, _str(d, "item_id"), _opt_str(_sub(d, "error"), "message") or "(no message)"
     ),
     "conversation.item.truncated": lambda t, d: ConversationItemTruncated(
-        t, _str(d, "item_id"), int(d.get("audio_end_ms") or 0)
+        t, _str(d, "item_id"), _int(d, "audio_end_ms")
     ),
-    "response.created": lambda t, d: ResponseCreated(t, _str(_sub(d, "response"), "id")),
+    "response.created": lambda t, d: ResponseCreated(t, _str(_sub(d, "response"), "id", t)),
     "response.output_audio.delta": _audio_delta,
     "response.output_audio_transcript.done": lambda t, d: OutputTranscriptDone(
         t, _str(d, "response_id"), _str(d, "item_id"), _str(d, "transcript")

@@ -36,7 +36,7 @@ class Command(enum.StrEnum):
     TOGGLE = "toggle"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TurnCommand:
     """What an input asks for. ``source`` names the input, for logs."""
 
@@ -47,35 +47,35 @@ class TurnCommand:
 # --------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Send:
     """Send this client event, in order with the audio already handed over."""
 
     event: p.ClientEvent
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Play:
     """Hand this reply audio to playback."""
 
     delta: p.OutputAudioDelta
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EndPlayback:
     """The response's audio is complete: playback reports when it has played all of it."""
 
     response_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StopPlayback:
     """Stop the speaker now and drop the rest of this response's audio."""
 
     response_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Changed:
     """The state changed."""
 
@@ -83,7 +83,7 @@ class Changed:
     new: State
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Notice:
     """Something an operator should read: ``level`` is ``info``, ``warning`` or ``error``."""
 
@@ -95,7 +95,7 @@ class Notice:
 Action = Send | Play | EndPlayback | StopPlayback | Changed | Notice
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Played:
     """How much of an assistant item came out of the speaker, for a barge-in truncate."""
 
@@ -122,6 +122,8 @@ class TurnController:
         self._item_id: str | None = None  # assistant item of the response being spoken
         self._item_bytes = 0  # reply bytes received for that item
         self._speaking_response: str | None = None
+        self._commit_id: str | None = None  # event id of the current turn's commit
+        self._create_id: str | None = None  # event id of the response.create in flight
 
     @property
     def listening(self) -> bool:
@@ -177,10 +179,11 @@ class TurnController:
         actions: list[Action] = []
         if self.state is State.SPEAKING:
             actions.append(StopPlayback(self._speaking_response))
-        if self.state is not State.IDLE:
-            actions.append(Notice("warning", f"turn lost while {self.state}: connection ended"))
+        old = self.state
+        if old is not State.IDLE:
+            actions.append(Notice("warning", f"turn lost while {old}: connection ended"))
         self._reset()
-        return actions
+        return actions + ([Changed(old, State.IDLE)] if old is not State.IDLE else [])
 
     # ------------------------------------------------------------------ rules
 
@@ -203,10 +206,11 @@ class TurnController:
         if ms < MIN_COMMIT_MS:
             return [
                 Send(p.InputAudioBufferClear(event_id=f"clear_{self.turns}")),
-                Notice("warning", f"too short: {ms:.0f} ms < {MIN_COMMIT_MS} ms, discarded"),
+                Notice("warning", f"too short: {int(ms)} ms < {MIN_COMMIT_MS} ms, discarded"),
                 *self._to(State.IDLE),
             ]
-        actions: list[Action] = [Send(p.InputAudioBufferCommit(event_id=f"commit_{self.turns}"))]
+        self._commit_id = f"commit_{self.turns}"
+        actions: list[Action] = [Send(p.InputAudioBufferCommit(event_id=self._commit_id))]
         if self._in_flight:
             self._create_pending = True
         else:
@@ -218,7 +222,8 @@ class TurnController:
         self._response_id = None
         self._cancel_unnamed = False
         self._create_pending = False
-        return Send(p.ResponseCreate(event_id=f"response_{self.turns}"))
+        self._create_id = f"response_{self.turns}"
+        return Send(p.ResponseCreate(event_id=self._create_id))
 
     def _cancel(self, played: Played | None) -> list[Action]:
         if self.state is State.IDLE:
@@ -241,7 +246,11 @@ class TurnController:
                 actions.append(
                     Send(p.ConversationItemTruncate(self._item_id, end_ms, event_id="truncate"))
                 )
-        if self._in_flight and self._response_id not in self._cancelled:
+        if (
+            self._in_flight
+            and not self._cancel_unnamed
+            and self._response_id not in self._cancelled
+        ):
             if self._response_id is None:
                 self._cancel_unnamed = True
             else:
@@ -293,12 +302,20 @@ class TurnController:
     def _error(self, event: p.ErrorEvent) -> list[Action]:
         code = f" ({event.code})" if event.code else ""
         said = f"server error{code}: {event.message}"
-        failed = event.event_id or ""
-        if failed.startswith("response_") and self._in_flight and self._response_id is None:
-            self._in_flight = False  # the create was refused: no response.done will come
+        failed = event.event_id
+        if failed is not None and failed == self._create_id and self._in_flight:
+            # The create was refused: no response.done will come for it.
+            self._in_flight = False
+            self._create_id = None
+            if self._cancel_unnamed or self._response_id in self._cancelled:
+                # Its turn was already given up (barge-in): release a create that waits on it.
+                return [
+                    Notice("warning", said),
+                    *([self._create()] if self._create_pending else []),
+                ]
             if self.state is State.THINKING:
                 return [Notice("error", said), *self._to(State.IDLE)]
-        elif failed.startswith("commit_") and self.state is State.THINKING:
+        elif failed is not None and failed == self._commit_id and self.state is State.THINKING:
             # The response.create that followed has no new input to answer: call it off.
             return [Notice("error", said), *self._interrupt(None), *self._to(State.IDLE)]
         return [Notice("warning", said)]

@@ -119,10 +119,11 @@ def apply_update(
         # silently answering with audio.
         message = f"Invalid value: {modalities!r}. The simulator only produces ['audio']."
         return Problem("invalid_value", message, "session.output_modalities")
-    if "instructions" in update:
-        if not isinstance(update["instructions"], str):
-            return invalid_type("session.instructions", "a string", update["instructions"])
-        new["instructions"] = update["instructions"]
+    instructions = update.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            return invalid_type("session.instructions", "a string", instructions)
+        new["instructions"] = instructions
     tokens = update.get("max_output_tokens")
     if tokens is not None:
         if tokens != "inf" and not (isinstance(tokens, int) and 1 <= tokens <= 4096):
@@ -158,6 +159,13 @@ def check_format(param: str, value: object) -> Problem | None:
     if rate > SAMPLE_RATE:
         return invalid_value(f"{param}.rate", rate, (str(SAMPLE_RATE),))
     return None
+
+
+def check_voice(param: str, value: object) -> Problem | None:
+    """A built-in voice name, or a custom voice as ``{"id": "voice_..."}``."""
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return None
+    return None if value in VOICES else invalid_value(param, value, VOICES)
 
 
 def _apply_input(effective: dict[str, Any], update: dict[str, Any]) -> Problem | None:
@@ -197,9 +205,9 @@ def _apply_output(
             return problem
     voice = update.get("voice")
     if voice is not None:
-        custom = isinstance(voice, dict) and isinstance(voice.get("id"), str)
-        if not custom and voice not in VOICES:
-            return invalid_value(f"{prefix}.voice", voice, VOICES)
+        problem = check_voice(f"{prefix}.voice", voice)
+        if problem is not None:
+            return problem
         if voice_locked and voice != effective["voice"]:
             return Problem(
                 "cannot_update_voice",

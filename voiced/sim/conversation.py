@@ -9,7 +9,6 @@ No trio, no sockets.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,16 +90,20 @@ class Conversation:
         role = raw.get("role")
         if role not in _ROLE_CONTENT:
             return invalid_value("item.role", role, tuple(_ROLE_CONTENT))
+        parts = raw.get("content") or []
+        if not isinstance(parts, list):
+            return invalid_type("item.content", "an array", parts)
         content: list[dict[str, Any]] = []
         audio = bytearray()
-        for index, part in enumerate(raw.get("content") or []):
+        for index, part in enumerate(parts):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind not in _ROLE_CONTENT[role]:
                 return invalid_value(f"item.content[{index}].type", kind, _ROLE_CONTENT[role])
             if kind == "input_audio":
+                encoded = part.get("audio") or ""
                 try:
-                    audio += base64.b64decode(part.get("audio") or "", validate=True)
-                except binascii.Error:
+                    audio += base64.b64decode(encoded, validate=True)
+                except (ValueError, TypeError):  # not base64, not ASCII, not a string
                     return invalid_value(f"item.content[{index}].audio", "<not base64>")
                 content.append({"type": kind, "transcript": part.get("transcript")})
             else:

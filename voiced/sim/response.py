@@ -1,7 +1,7 @@
 """One simulated response, streamed step by step so ``response.cancel`` can land between deltas.
 
-:meth:`ResponseRun.steps` is a generator of :class:`Step`\\ s in the order real traffic shows
-(protocol §5/§10): the opening events, then one step per audio chunk (an
+:meth:`ResponseRun.steps` generates :class:`Step` values in the order real traffic shows
+(protocol §5/§10): the opening events, then one step per audio chunk (a
 ``response.output_audio.delta`` with the transcript deltas that go with it), then the closing
 events down to ``response.done`` and ``rate_limits.updated``. The server sends a step, waits for the
 step's audio duration times its pace, and resumes the generator; a cancel flag checked on every

@@ -10,6 +10,7 @@ uses. Every connection is recorded as a :class:`SimConnection` for tests and log
 
 from __future__ import annotations
 
+import contextlib
 import http
 import json
 import logging
@@ -175,7 +176,10 @@ class Simulator:
         except ConnectionClosed:
             self.connections.remove(conn)
             return
-        logger.info("sim connection %d open: %s", number, request.path)
+        # Only the path and model: a query string may carry a key (Azure's ``api-key``).
+        logger.info(
+            "sim connection %d open: %s model=%s", number, url.path, conn.query.get("model")
+        )
         handler = _Handler(
             conn, ws, number=number, pace=self._pace, expire_after=self.faults.expire_after
         )
@@ -303,4 +307,5 @@ async def _reject(request: WebSocketRequest, status: int, message: str) -> None:
     body = json.dumps({"error": error}).encode()
     logger.info("sim rejected upgrade of %s with %d", urlsplit(request.path).path, status)
     headers = [(b"Content-Type", b"application/json")]
-    await request.reject(status, extra_headers=headers, body=body)
+    with contextlib.suppress(ConnectionClosed):  # the client went away first: nothing to refuse
+        await request.reject(status, extra_headers=headers, body=body)

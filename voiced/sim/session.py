@@ -12,7 +12,6 @@ response task and the reader interleave. No trio, no sockets.
 from __future__ import annotations
 
 import base64
-import binascii
 import copy
 import itertools
 import json
@@ -20,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from voiced.sim.config import BYTES_PER_MS, apply_update, default_session
+from voiced.sim.config import BYTES_PER_MS, apply_update, check_voice, default_session
 from voiced.sim.conversation import Conversation, Item
 from voiced.sim.response import ResponseRun, input_audio_tokens
 from voiced.sim.schema import Problem, check_event, invalid_type
@@ -158,16 +157,16 @@ class SimSession:
             return Outcome([problem.event()])
         try:
             event = json.loads(message)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             problem = Problem("invalid_json", f"The server could not parse the JSON: {exc}.")
             return Outcome([problem.event()])
         if not isinstance(event, dict):
             return Outcome([invalid_type("event", "an object", event).event()])
-        self.received.append(event)
         return self.handle(event)
 
     def handle(self, event: dict[str, Any]) -> Outcome:
-        """Handle one parsed client event."""
+        """Record and handle one parsed client event."""
+        self.received.append(event)
         problem = check_event(event)
         result = problem or self._handlers[event["type"]](event)
         if isinstance(result, Problem):
@@ -196,7 +195,7 @@ class SimSession:
             return Problem("string_above_max_length", message, "audio")
         try:
             self._buffer += base64.b64decode(audio, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text
             return Problem("invalid_value", "Invalid 'audio': expected base64 data.", "audio")
         return Outcome()
 
@@ -266,7 +265,15 @@ class SimSession:
         session = copy.deepcopy(self.config)
         voice = ((options.get("audio") or {}).get("output") or {}).get("voice")
         if voice is not None:
+            problem = check_voice("response.audio.output.voice", voice)
+            if problem is not None:
+                return problem
             session["audio"]["output"]["voice"] = voice
+        metadata = options.get("metadata")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+        ):
+            return invalid_type("response.metadata", "a map of strings", metadata)
         if options.get("instructions") is not None:
             session["instructions"] = options["instructions"]
         silence = bytes(SILENCE_MS * BYTES_PER_MS)
@@ -284,7 +291,7 @@ class SimSession:
             audio=reply,
             chunk_bytes=self._chunk_bytes,
             session=session,
-            metadata=options.get("metadata"),
+            metadata=metadata,
             input_tokens=(text_tokens, audio_tokens),
         )
         self.runs.append(run)

@@ -1,0 +1,160 @@
+"""The ``voiced`` command as a user runs it: real processes, exit statuses, one clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SIM_KEY, free_port, tone, write_wav
+
+COMMANDS = ["run", "ask", "sim", "check-config", "plugins"]
+
+
+def voiced(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "voiced", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single error line of a failed command (and no traceback)."""
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1, result.stderr
+    return errors[0].split(": ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    """``voiced sim`` in its own process, as a user would start it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voiced", "sim", "--port", "0", "--key", SIM_KEY],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait for the line that says where it listens
+        if found := re.search(r"simulator on (ws://\S+)\?", line):
+            break
+    else:
+        raise AssertionError("voiced sim did not start")
+    yield found.group(1)
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command: str | None) -> None:
+    result = voiced(*([command] if command else []), "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: voiced")
+
+
+def config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("realtime:\n  voice: [marin\n", r"config.yaml:\d+: invalid YAML: "),
+        ("realtime:\n  connect_timeout: fast\n", r"config.yaml:2: realtime.connect_timeout: expected a number, got 'fast'"),
+        ("realtime:\n  voise: marin\n", r"config.yaml:2: realtime.voise: unknown key .* did you mean 'voice'\?"),
+        ("plugins:\n  htp: {}\n", r"config.yaml:2: plugins.htp: no plugin named 'htp' is installed"),
+        ("plugins:\n  http: {port: x}\n", r"config.yaml:2: plugins.http.port: expected an integer, got 'x'"),
+    ],
+)  # fmt: skip
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, message: str) -> None:
+    for command in ("check-config", "run"):
+        result = voiced(command, "--config", config(tmp_path, text))
+        assert result.returncode == 2
+        assert re.search(message, one_line_error(result))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = voiced("run", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert one_line_error(result).endswith("nope.yaml: config file not found")
+    result = voiced("check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no config file: looked for ./config.yaml" in one_line_error(result)
+
+
+def test_shipped_config_checks(tmp_path: Path) -> None:
+    shipped = Path(__file__).parent.parent / "config.yaml"
+    result = voiced("check-config", "--config", str(shipped))
+    assert result.returncode == 0, result.stderr
+    assert "realtime: sim" in result.stdout
+    assert "plugins: http, terminal, stdout, file" in result.stdout
+
+
+def _ask(tmp_path: Path, url: str, key: str, seconds: float) -> subprocess.CompletedProcess[str]:
+    cfg = config(
+        tmp_path,
+        f"realtime: {{url: '{url}'}}\nauth: {{api_key: {key}}}\nplugins: {{stdout: {{}}}}\n",
+    )
+    wav = write_wav(tmp_path / "in.wav", tone(seconds))
+    return voiced("ask", "--config", cfg, str(wav), "--out", str(tmp_path / "out.wav"))
+
+
+def test_ask_succeeds(tmp_path: Path, sim_url: str) -> None:
+    result = _ask(tmp_path, sim_url, SIM_KEY, 0.5)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["user: heard 500 ms", "agent: echo of 500 ms"]
+
+
+def test_ask_wrong_key(tmp_path: Path, sim_url: str) -> None:
+    result = _ask(tmp_path, sim_url, "sk-wrong-key", 0.5)
+    assert result.returncode == 1
+    assert one_line_error(result).startswith("the server rejected the API key: Incorrect API key")
+
+
+def test_ask_too_short(tmp_path: Path, sim_url: str) -> None:
+    result = _ask(tmp_path, sim_url, SIM_KEY, 0.05)
+    assert result.returncode == 1
+    assert "too short: 50 ms < 100 ms, discarded" in result.stderr
+    assert one_line_error(result) == "turn 1 ended too_short"
+
+
+def test_ask_unreachable(tmp_path: Path) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    result = _ask(tmp_path, url, SIM_KEY, 0.5)
+    assert result.returncode == 1
+    assert one_line_error(result).startswith(f"cannot reach {url}: ")
+
+
+def test_ask_bad_input_file(tmp_path: Path, sim_url: str) -> None:
+    cfg = config(tmp_path, f"realtime: {{url: '{sim_url}'}}\nauth: {{api_key: {SIM_KEY}}}\n")
+    result = voiced("ask", "--config", cfg, str(tmp_path / "none.wav"), "--out", "o.wav")
+    assert result.returncode == 1
+    assert one_line_error(result).startswith(f"cannot read {tmp_path / 'none.wav'}")
+
+
+def test_plugins_lists_builtins(tmp_path: Path) -> None:
+    result = voiced(
+        "plugins",
+        "--config",
+        config(tmp_path, "plugins:\n  http: {enabled: false}\n  stdout: {}\n"),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert set(rows) >= {"http", "stdout", "file", "terminal"}
+    assert " disabled " in rows["http"]
+    assert " enabled " in rows["stdout"]
+    assert " not configured " in rows["file"]
+    assert "voiced 0.1.0 (voiced_plugins.stdout)" in rows["stdout"]
