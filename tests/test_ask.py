@@ -141,3 +141,21 @@ async def test_wrong_path_is_a_request_error(sim: RunningSim, tmp_path: Path) ->
         ),
     ):
         await ask(config, [write_wav(tmp_path / "a.wav", tone(0.5))], tmp_path / "out.wav")
+
+
+async def test_server_error_fails_the_turn_and_says_why(
+    sim: RunningSim, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.sim.faults.fail_event = "response.create"
+    config = load_config(_config(tmp_path, sim.url))
+    inputs = [write_wav(tmp_path / "a.wav", tone(0.5)), write_wav(tmp_path / "b.wav", tone(0.5))]
+    with trio.fail_after(10):
+        results = await ask(config, inputs, tmp_path / "out.wav")
+    # Each turn fails on its own; the session carries on to the next one.
+    assert [r.outcome for r in results] == ["failed", "failed"]
+    assert (
+        "turn 1: server error: The server had an error while processing your request."
+        in caplog.messages
+    )
+    (conn,) = sim.sim.connections
+    assert [e["error"]["event_id"] for e in conn.errors_sent] == ["response_1", "response_2"]

@@ -158,3 +158,12 @@ def test_plugins_lists_builtins(tmp_path: Path) -> None:
     assert " enabled " in rows["stdout"]
     assert " not configured " in rows["file"]
     assert "voiced 0.1.0 (voiced_plugins.stdout)" in rows["stdout"]
+
+
+def test_ask_with_the_embedded_simulator(tmp_path: Path) -> None:
+    """``realtime.url: sim`` runs the simulator inside voiced: no key, no network."""
+    cfg = config(tmp_path, "realtime: {url: sim}\nplugins: {stdout: {}}\n")
+    wav = write_wav(tmp_path / "in.wav", tone(0.5))
+    result = voiced("ask", "--config", cfg, str(wav), "--out", str(tmp_path / "o.wav"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["user: heard 500 ms", "agent: echo of 500 ms"]

@@ -166,3 +166,19 @@ async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -
                 if isinstance(event, TurnEnded):
                     assert (event.turn, event.outcome) == (1, "completed")
                     break
+
+
+async def test_daemon_survives_a_server_error(sim: RunningSim, tmp_path: Path) -> None:
+    sim.sim.faults.fail_event = "response.create"
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url) as (pipe, http, events):
+            await pipe.session.ready.wait()
+            await http.post("/start")
+            assert await next_state(events) is State.LISTENING
+            await trio.sleep(0.2)  # the person speaks
+            await http.post("/commit")
+            assert await next_state(events) is State.THINKING
+            assert await next_state(events) is State.IDLE
+            status = (await http.get("/status")).json()
+            assert (status["connected"], status["last_turn"]["outcome"]) == (True, "failed")
+            assert (await http.get("/healthz")).status_code == 200

@@ -11,6 +11,7 @@ uses. Every connection is recorded as a :class:`SimConnection` for tests and log
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http
 import json
 import logging
@@ -44,6 +45,9 @@ class SimFaults:
     """Reject the HTTP upgrade with this status (e.g. 401), like a proxy or gateway would."""
     expire_after: float | None = None
     """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001."""
+    fail_event: str | None = None
+    """Answer every client event of this type with a ``server_error`` instead of handling it
+    (the event is still recorded), like the real server's transient internal errors."""
 
 
 @dataclass(eq=False)
@@ -181,7 +185,7 @@ class Simulator:
             "sim connection %d open: %s model=%s", number, url.path, conn.query.get("model")
         )
         handler = _Handler(
-            conn, ws, number=number, pace=self._pace, expire_after=self.faults.expire_after
+            conn, ws, number=number, pace=self._pace, faults=dataclasses.replace(self.faults)
         )
         try:
             await handler.run()
@@ -204,14 +208,15 @@ class _Handler:
         *,
         number: int,
         pace: float,
-        expire_after: float | None,
+        faults: SimFaults,
     ) -> None:
         self._number = number
         self._conn = conn
         self._session = conn.session
         self._ws = ws
         self._pace = pace
-        self._expire_after = expire_after
+        self._expire_after = faults.expire_after
+        self._fail_event = faults.fail_event
         self._send_lock = trio.Lock()
         self._tasks = trio.CancelScope()
         self._closing = False
@@ -238,11 +243,31 @@ class _Handler:
             except ConnectionClosed:
                 return
             before = len(self._session.received)
-            outcome = self._session.receive(message)
+            outcome = self._fail(message) or self._session.receive(message)
             if len(self._session.received) > before:
                 event = self._session.received[-1]
                 logger.debug("sim %d <- %s", self._number, event.get("type"))
             await self._apply(outcome, nursery)
+
+    def _fail(self, message: str | bytes) -> Outcome | None:
+        """The ``fail_event`` fault: a server error in place of handling the event."""
+        if self._fail_event is None:
+            return None
+        try:
+            event = json.loads(message)
+        except ValueError:
+            return None
+        if not isinstance(event, dict) or event.get("type") != self._fail_event:
+            return None
+        self._session.received.append(event)
+        error = {
+            "type": "server_error",
+            "code": None,
+            "message": "The server had an error while processing your request.",
+            "param": None,
+            "event_id": event.get("event_id"),
+        }
+        return Outcome(events=[{"type": "error", "error": error}])
 
     async def _apply(self, outcome: Outcome, nursery: trio.Nursery) -> None:
         async with self._send_lock:
