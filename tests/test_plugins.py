@@ -113,13 +113,15 @@ def test_plugin_that_fails_to_import(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "import nope\n",
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(
-        PluginError,
-        match=r"^plugin 'broken' \(voiced_broken 1.0 \(voiced_broken_mod\)\) failed to import: ModuleNotFoundError",
-    ):
-        Plugins(Config.default())
+    message = r"^plugin 'broken' \(voiced_broken 1.0 \(voiced_broken_mod\)\) failed to import: ModuleNotFoundError"
+    config = _config(tmp_path, "plugins:\n  broken: {}\n")
+    with pytest.raises(PluginError, match=message):
+        Plugins(config)  # configured: the daemon refuses to start
+    Plugins(_config(tmp_path, "plugins:\n  stdout: {}\n"))  # not configured: not imported
+    with pytest.raises(PluginError, match=message):
+        Plugins(Config.default()).installed()  # `voiced plugins` says so
     monkeypatch.setenv(DISABLE_ENV, "broken")  # the way out for an operator
-    assert "broken" in {p.name for p in Plugins(Config.default()).installed()}
+    assert {p.name: p.state for p in Plugins(config).installed()}["broken"] == "disabled"
 
 
 def test_plugin_spec_must_match_its_entry_point(

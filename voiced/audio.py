@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
+# and this module is on every start-up path (bench/README.md). Treat instances as immutable.
+
 RATE = 24_000
 """Samples per second on the wire."""
 SAMPLE_BYTES = 2
@@ -34,7 +37,7 @@ def silence(nbytes: int) -> bytes:
     return bytes(nbytes)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AudioFrame:
     """A run of wire PCM captured from a source.
 
@@ -47,7 +50,7 @@ class AudioFrame:
     captured_at: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReplyAudio:
     """A run of wire PCM from the server, on its way to the speaker.
 
@@ -62,7 +65,7 @@ class ReplyAudio:
     item_id: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class EndOfReply:
     """Marks the end of a response's audio in the playback queue."""
 

@@ -10,8 +10,11 @@ from typing import Literal
 
 from voiced.turn import State
 
+# Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
+# and this module is on every start-up path (bench/README.md). Treat instances as immutable.
 
-@dataclass(frozen=True)
+
+@dataclass
 class Transcript:
     """A final transcript of one side of a turn.
 
@@ -30,7 +33,7 @@ class Transcript:
     at: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class StateChanged:
     """The turn controller moved from ``old`` to ``new`` during ``turn``."""
 
@@ -39,7 +42,7 @@ class StateChanged:
     turn: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class TurnEnded:
     """A turn is over.
 
@@ -58,7 +61,7 @@ class TurnEnded:
     latencies: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConnectionChanged:
     """The link to the realtime server came up (``error`` None) or went down (why)."""
 

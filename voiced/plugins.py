@@ -68,18 +68,22 @@ class Plugins:
                     line=section.line,
                     key=f"plugins.{name}",
                 )
-        for name, ep in sorted(self._entry_points.items()):
-            if name in self._disabled:
-                self._pm.set_blocked(name)
-                continue
-            try:
-                module = ep.load()
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin {name!r} ({_origin(ep)}) failed to import: {exc!r}"
-                ) from exc
-            self._pm.register(module, name=name)
+        for name in sorted(self._disabled):
+            self._pm.set_blocked(name)
+        # Only configured plugins are imported to run: start-up pays for nothing else.
+        for name in config.plugins:
+            self._register(name)
         self._pm.check_pending()
+
+    def _register(self, name: str) -> None:
+        if name in self._disabled or self._pm.has_plugin(name):
+            return
+        ep = self._entry_points[name]
+        try:
+            module = ep.load()
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} ({_origin(ep)}) failed to import: {exc!r}") from exc
+        self._pm.register(module, name=name)
 
     def spec(self, name: str) -> PluginSpec:
         """The self-description of the registered plugin ``name``."""
@@ -95,12 +99,17 @@ class Plugins:
         return spec
 
     def installed(self) -> list[Installed]:
-        """Every installed plugin, where it comes from, and whether it is on."""
+        """Every installed plugin, where it comes from, and whether it is on.
+
+        Raises:
+            PluginError: an installed plugin fails to import.
+        """
         out = []
         for name, ep in sorted(self._entry_points.items()):
             if name in self._disabled:
                 out.append(Installed(name, _origin(ep), "disabled", None))
                 continue
+            self._register(name)
             state = "enabled" if name in self._config.plugins else "not configured"
             out.append(Installed(name, _origin(ep), state, self.spec(name)))
         return out

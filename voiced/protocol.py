@@ -18,6 +18,9 @@ from typing import Any, ClassVar, TypeAlias
 
 from voiced.errors import LocalProtocolError, RemoteProtocolError
 
+# Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
+# and this module is on every start-up path (bench/README.md). Treat instances as immutable.
+
 log = logging.getLogger("voiced.protocol")
 
 Json: TypeAlias = dict[str, Any]
@@ -25,7 +28,7 @@ Json: TypeAlias = dict[str, Any]
 # --------------------------------------------------------------------------- client events
 
 
-@dataclass(frozen=True)
+@dataclass
 class Transcription:
     """Input transcription settings (``session.audio.input.transcription``)."""
 
@@ -42,7 +45,7 @@ class Transcription:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClientEvent:
     """Base of the events voiced sends. ``event_id`` comes back in a server ``error``."""
 
@@ -61,7 +64,7 @@ class ClientEvent:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class SessionUpdate(ClientEvent):
     """Configure the session for push-to-talk: manual turns, PCM 24 kHz both ways."""
 
@@ -92,7 +95,7 @@ class SessionUpdate(ClientEvent):
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputAudioBufferAppend(ClientEvent):
     """Append PCM to the server's input buffer. Never acknowledged."""
 
@@ -103,28 +106,28 @@ class InputAudioBufferAppend(ClientEvent):
         return {"audio": base64.b64encode(self.audio).decode("ascii")}
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputAudioBufferCommit(ClientEvent):
     """Turn the input buffer into a user item. Does not start a response."""
 
     type: ClassVar[str] = "input_audio_buffer.commit"
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputAudioBufferClear(ClientEvent):
     """Drop what is in the input buffer."""
 
     type: ClassVar[str] = "input_audio_buffer.clear"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResponseCreate(ClientEvent):
     """Ask for a response to the conversation so far."""
 
     type: ClassVar[str] = "response.create"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResponseCancel(ClientEvent):
     """Cancel a response; without ``response_id``, the one in progress."""
 
@@ -135,7 +138,7 @@ class ResponseCancel(ClientEvent):
         return {} if self.response_id is None else {"response_id": self.response_id}
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConversationItemTruncate(ClientEvent):
     """Cut an assistant item's audio at what was actually played."""
 
@@ -155,71 +158,71 @@ class ConversationItemTruncate(ClientEvent):
 # --------------------------------------------------------------------------- server events
 
 
-@dataclass(frozen=True)
+@dataclass
 class ServerEvent:
     """Base of the events the server sends."""
 
     type: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class SessionCreated(ServerEvent):
     session: Json
 
 
-@dataclass(frozen=True)
+@dataclass
 class SessionUpdated(ServerEvent):
     session: Json
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputAudioBufferCommitted(ServerEvent):
     item_id: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputAudioBufferCleared(ServerEvent):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputTranscriptionCompleted(ServerEvent):
     item_id: str
     transcript: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class InputTranscriptionFailed(ServerEvent):
     item_id: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResponseCreated(ServerEvent):
     response_id: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class OutputAudioDelta(ServerEvent):
     response_id: str
     item_id: str
     audio: bytes
 
 
-@dataclass(frozen=True)
+@dataclass
 class OutputTranscriptDone(ServerEvent):
     response_id: str
     item_id: str
     transcript: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConversationItemTruncated(ServerEvent):
     item_id: str
     audio_end_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResponseDone(ServerEvent):
     response_id: str
     status: str
@@ -228,7 +231,7 @@ class ResponseDone(ServerEvent):
     """``status_details.reason``, or the error message of a failed response."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ErrorEvent(ServerEvent):
     error_type: str
     code: str | None
@@ -238,7 +241,7 @@ class ErrorEvent(ServerEvent):
     """The ``event_id`` of the client event that caused it, when it had one."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class OtherEvent(ServerEvent):
     """A documented server event voiced has no use for (kept whole, for logs)."""
 

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from voiced import protocol as p
 from voiced.audio import BYTES_PER_MS, MIN_COMMIT_MS
 
+# Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
+# and this module is on every start-up path (bench/README.md). Treat instances as immutable.
+
 
 class State(enum.StrEnum):
     IDLE = "idle"
@@ -36,7 +39,7 @@ class Command(enum.StrEnum):
     TOGGLE = "toggle"
 
 
-@dataclass(frozen=True)
+@dataclass
 class TurnCommand:
     """What an input asks for. ``source`` names the input, for logs."""
 
@@ -47,35 +50,35 @@ class TurnCommand:
 # --------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True)
+@dataclass
 class Send:
     """Send this client event, in order with the audio already handed over."""
 
     event: p.ClientEvent
 
 
-@dataclass(frozen=True)
+@dataclass
 class Play:
     """Hand this reply audio to playback."""
 
     delta: p.OutputAudioDelta
 
 
-@dataclass(frozen=True)
+@dataclass
 class EndPlayback:
     """The response's audio is complete: playback reports when it has played all of it."""
 
     response_id: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class StopPlayback:
     """Stop the speaker now and drop the rest of this response's audio."""
 
     response_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Changed:
     """The state changed."""
 
@@ -83,7 +86,7 @@ class Changed:
     new: State
 
 
-@dataclass(frozen=True)
+@dataclass
 class Notice:
     """Something an operator should read: ``level`` is ``info``, ``warning`` or ``error``."""
 
@@ -95,7 +98,7 @@ class Notice:
 Action = Send | Play | EndPlayback | StopPlayback | Changed | Notice
 
 
-@dataclass(frozen=True)
+@dataclass
 class Played:
     """How much of an assistant item came out of the speaker, for a barge-in truncate."""
 

@@ -39,6 +39,9 @@ class AudioSink(Protocol):
     """A speaker: takes wire-format PCM and plays it, at the pace of a device if it has one."""
 
     name: str
+    paced: bool
+    """Whether ``play`` takes as long as the audio lasts (a device) or returns at once (a file
+    written as fast as it comes): playback hands a paced sink short blocks, so a stop is quick."""
 
     async def play(self, pcm: bytes) -> None:
         """Play ``pcm``; returns when the device has taken it (paced sinks: when it is heard)."""

@@ -37,6 +37,7 @@ class NullSink:
     """Takes any audio at once and throws it away."""
 
     name = "null"
+    paced = False
 
     async def play(self, pcm: bytes) -> None:
         await trio.lowlevel.checkpoint()

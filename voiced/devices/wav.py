@@ -101,7 +101,7 @@ class WavSink:
     def __init__(self, path: Path, *, realtime: bool = True) -> None:
         self.name = f"wav:{path}"
         self.path = path
-        self._realtime = realtime
+        self.paced = realtime
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
         try:
             self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the sink's life)
@@ -119,7 +119,7 @@ class WavSink:
         # A block is at most a few kB into the page cache: a thread hop per block would cost more
         # CPU than the write, on the path that runs fifty times a second.
         self._wav.writeframes(pcm)
-        if self._realtime:
+        if self.paced:
             self._free_at = max(self._free_at, trio.current_time()) + ms_of(len(pcm)) / 1000
             await trio.sleep_until(self._free_at)
 

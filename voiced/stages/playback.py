@@ -52,7 +52,8 @@ class Player:
             inbound: reply audio, each response ended by an ``EndOfReply`` marker.
             done: gets the marker back once everything before it has been played.
         """
-        block = bytes_of(BLOCK_MS)
+        # A sink that returns at once gets whole deltas: there is no playing to stop early.
+        block = bytes_of(BLOCK_MS) if self.sink.paced else 1 << 30
         async with inbound, done:
             try:
                 async for item in inbound:
