@@ -17,6 +17,7 @@ from voiced.app import run_daemon
 from voiced.config import load_config
 from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
 from voiced.pipeline import Pipeline
+from voiced.sim import Simulator
 from voiced.turn import State
 
 MIC = tone(2.0, seed=7)
@@ -54,9 +55,17 @@ async def next_state(events: trio.MemoryReceiveChannel[Event]) -> State:
     raise AssertionError("events ended")
 
 
+@pytest.fixture
+async def thinking_sim(nursery: trio.Nursery) -> RunningSim:
+    """A simulator that takes 300 ms before it answers, as a real model does."""
+    simulator = Simulator(api_key=SIM_KEY, think=0.3)
+    return RunningSim(simulator, await nursery.start(simulator.serve))
+
+
 async def test_turn_over_http(
-    sim: RunningSim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    thinking_sim: RunningSim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    sim = thinking_sim
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
             await pipe.session.ready.wait()
@@ -71,6 +80,7 @@ async def test_turn_over_http(
             await trio.sleep(0.5)  # the person speaks for half a second
             assert (await http.post("/commit")).status_code == 202
             assert await next_state(events) is State.THINKING
+            assert (await http.get("/status")).json()["state"] == "thinking"
             assert await next_state(events) is State.SPEAKING
             # The paced speaker takes as long as the reply: speaking is visible from outside.
             assert (await http.get("/status")).json()["state"] == "speaking"

@@ -527,6 +527,30 @@ async def test_cancel_mid_response(autojump_clock: trio.testing.MockClock) -> No
     assert audio.startswith(sent)
 
 
+async def test_think_delays_the_reply_and_a_cancel_cuts_it_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        sim = Simulator(api_key=KEY, think=0.5)
+        async with open_memory_ws(sim) as ws:
+            await recv(ws)
+            await append(ws, pcm(200))
+            await send(ws, {"type": "input_audio_buffer.commit"})
+            await recv_until(ws, "conversation.item.done")
+            await send(ws, {"type": "response.create"})
+            asked = trio.current_time()
+            await recv_until(ws, "response.created")
+            assert trio.current_time() - asked == pytest.approx(0.5)
+            await recv_until(ws, "response.done")
+            # A response still thinking stops at once when cancelled.
+            asked = trio.current_time()
+            await send(ws, {"type": "response.create"})
+            await send(ws, {"type": "response.cancel"})
+            closing = await recv_until(ws, "response.done")
+            assert trio.current_time() == asked
+    assert closing[-1]["response"]["status"] == "cancelled"
+
+
 async def test_cancel_with_nothing_active_is_harmless() -> None:
     with trio.fail_after(5):
         sim = Simulator(api_key=KEY)

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--pace", type=float, default=0.0, help="seconds per second of reply audio (0: at once)"
     )
+    sim.add_argument(
+        "--think", type=float, default=0.0, help="seconds before each reply starts (0)"
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -139,7 +142,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from voiced.sim import Simulator
 
     async def serve() -> None:
-        sim = Simulator(api_key=args.key, pace=args.pace)
+        sim = Simulator(api_key=args.key, pace=args.pace, think=args.think)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: sim.serve(
                 host=args.host, port=args.port, task_status=task_status

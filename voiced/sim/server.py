@@ -99,6 +99,8 @@ class Simulator:
         api_key: the only bearer token accepted.
         pace: wall seconds per second of reply audio (0: as fast as possible, 1.0: real time).
         chunk_ms: reply audio per ``response.output_audio.delta``.
+        think: seconds (trio clock) from ``response.create`` to the response's first event, as
+            a real model takes a moment before it answers.
         faults: fault switches; ``Simulator.faults`` stays mutable.
     """
 
@@ -108,16 +110,18 @@ class Simulator:
         api_key: str,
         pace: float = 0.0,
         chunk_ms: int = 100,
+        think: float = 0.0,
         faults: SimFaults | None = None,
     ) -> None:
-        if pace < 0:
-            raise ValueError(f"pace must be >= 0, got {pace}")
+        if pace < 0 or think < 0:
+            raise ValueError(f"pace and think must be >= 0, got {pace} and {think}")
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be > 0, got {chunk_ms}")
         self.connections: list[SimConnection] = []
         self.faults = faults if faults is not None else SimFaults()
         self._api_key = api_key
         self._pace = pace
+        self._think = think
         self._chunk_ms = chunk_ms
 
     async def serve(
@@ -185,7 +189,12 @@ class Simulator:
             "sim connection %d open: %s model=%s", number, url.path, conn.query.get("model")
         )
         handler = _Handler(
-            conn, ws, number=number, pace=self._pace, faults=dataclasses.replace(self.faults)
+            conn,
+            ws,
+            number=number,
+            pace=self._pace,
+            think=self._think,
+            faults=dataclasses.replace(self.faults),
         )
         try:
             await handler.run()
@@ -208,6 +217,7 @@ class _Handler:
         *,
         number: int,
         pace: float,
+        think: float,
         faults: SimFaults,
     ) -> None:
         self._number = number
@@ -215,6 +225,7 @@ class _Handler:
         self._session = conn.session
         self._ws = ws
         self._pace = pace
+        self._think = think
         self._expire_after = faults.expire_after
         self._fail_event = faults.fail_event
         self._send_lock = trio.Lock()
@@ -302,17 +313,22 @@ class _Handler:
         return True
 
     async def _stream(self, run: ResponseRun) -> None:
+        await self._pause(run, self._think)
         for step in run.steps():
             if not await self._send(step.events):
                 return
-            # A cancel wakes this pause early; with pace 0 it is still a checkpoint, so the reader
-            # gets to handle a response.cancel between any two deltas.
-            with trio.CancelScope() as pause:
-                self._pauses[run.id] = pause
-                if run.cancel_requested:
-                    pause.cancel()
-                await trio.sleep(step.audio_seconds * self._pace)
-            del self._pauses[run.id]
+            # With pace 0 this is still a checkpoint, so the reader gets to handle a
+            # response.cancel between any two deltas.
+            await self._pause(run, step.audio_seconds * self._pace)
+
+    async def _pause(self, run: ResponseRun, seconds: float) -> None:
+        """Sleep, unless and until the response is asked to stop."""
+        with trio.CancelScope() as pause:
+            self._pauses[run.id] = pause
+            if run.cancel_requested:
+                pause.cancel()
+            await trio.sleep(seconds)
+        del self._pauses[run.id]
 
     async def _expire(self, deadline: float, nursery: trio.Nursery) -> None:
         await trio.sleep_until(deadline)
