@@ -11,8 +11,9 @@ and abrupt loss are transient. A daemon reconnects with backoff; ``voiced ask`` 
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import trio
 import trio_websocket as tw
@@ -35,6 +36,8 @@ RECEIVE_BUFFER = 64 * 1024
 """Socket read size: reply deltas are tens of kB, so small reads would cost CPU."""
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 """Reconnect delays in seconds: doubling from the first to the cap."""
+CLOSE_TIMEOUT = 2.0
+"""Seconds to wait for the server's half of the closing handshake."""
 REJECTED_RETRY = 60.0
 """Seconds between tries when the server rejected the key or request (a person must act)."""
 
@@ -145,29 +148,69 @@ async def _connection(
     wire: Wire,
 ) -> None:
     link = _Link(endpoint, p.RealtimeProtocol(), wire)
-    headers = [(b"Authorization", f"Bearer {endpoint.api_key}".encode())]
+    stream = await _open_stream(endpoint)
+    failure: TransportError | None = None
     try:
-        async with tw.open_websocket_url(
-            endpoint.full_url,
-            extra_headers=headers,
-            max_message_size=MAX_FRAME,
-            receive_buffer_size=RECEIVE_BUFFER,
-            connect_timeout=endpoint.connect_timeout,
-            disconnect_timeout=2,
-        ) as ws:
-            link.ws = ws
-            # Both tasks catch the close themselves, so that it leaves this nursery as the one
-            # TransportError below rather than inside an ExceptionGroup.
+        # trio-websocket's own reader task runs in this nursery; its handshake failures arrive
+        # here as exception groups, and are translated into one TransportError below.
+        async with trio.open_nursery() as websocket:
+            link.ws = await _handshake(websocket, stream, endpoint)
+            # Both our tasks catch the close themselves: it leaves as one TransportError too.
             async with trio.open_nursery() as nursery:
                 link.scope = nursery.cancel_scope
                 nursery.start_soon(link.write, outbound)
                 await link.read(hello, inbound)
-    except tw.ConnectionRejected as exc:
-        raise _rejected(endpoint, exc.status_code) from exc
-    except (OSError, tw.HandshakeError) as exc:
-        raise ServerUnreachable(f"cannot reach {endpoint.url}: {_why(exc)}") from exc
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await link.ws.aclose()
+            websocket.cancel_scope.cancel()
+    except* tw.ConnectionRejected as group:
+        rejected = group.exceptions[0]
+        assert isinstance(rejected, tw.ConnectionRejected)
+        failure = _rejected(endpoint, rejected.status_code)
+    except* (OSError, trio.BrokenResourceError, trio.TooSlowError, tw.HandshakeError) as group:
+        failure = ServerUnreachable(f"cannot reach {endpoint.url}: {_why(group.exceptions[0])}")
+    finally:
+        # trio-websocket leaves the stream open when the server closes first or rejects the
+        # upgrade; it is ours, so close it whatever happened.
+        await trio.aclose_forcefully(stream)
+    if failure is not None:
+        raise failure
     if link.closed is not None:
         raise _closed(endpoint, link.closed.reason, link.last_error) from link.closed
+
+
+async def _open_stream(endpoint: Endpoint) -> trio.abc.Stream:
+    """TCP (and TLS for ``wss``) to the server, within the connect timeout."""
+    url = urlsplit(endpoint.url)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "wss" else 80)
+    try:
+        with trio.fail_after(endpoint.connect_timeout):
+            if url.scheme == "wss":
+                return await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                )
+            return await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise ServerUnreachable(f"cannot reach {endpoint.url}: {_why(exc)}") from exc
+
+
+async def _handshake(
+    nursery: trio.Nursery, stream: trio.abc.Stream, endpoint: Endpoint
+) -> tw.WebSocketConnection:
+    url = urlsplit(endpoint.full_url)
+    default_port = 443 if url.scheme == "wss" else 80
+    host = url.netloc if url.port not in (None, default_port) else (url.hostname or "")
+    with trio.fail_after(endpoint.connect_timeout):
+        return await tw.wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]  # annotated for socket streams; any Stream works
+            host,
+            f"{url.path}?{url.query}",
+            extra_headers=[(b"Authorization", f"Bearer {endpoint.api_key}".encode())],
+            max_message_size=MAX_FRAME,
+            receive_buffer_size=RECEIVE_BUFFER,
+        )
 
 
 class _Link:
@@ -224,7 +267,7 @@ class _Link:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, tw.ConnectionTimeout):
+    if isinstance(exc, trio.TooSlowError | tw.ConnectionTimeout):
         return "timed out"
     return str(exc) or type(exc).__name__
 
