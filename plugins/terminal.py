@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from voiced import Command, Daemon, PluginSpec, TurnCommand, hookimpl
+from voiced import Command, Daemon, Event, PluginSpec, State, StateChanged, TurnCommand, hookimpl
 
 log = logging.getLogger("voiced.terminal")
 
@@ -41,14 +41,32 @@ class TerminalInput:
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
         stream = trio.lowlevel.FdStream(os.dup(self.fd))
         try:
-            async with stream:
-                log.info("press Enter to talk, Enter again to send")
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(_prompt, daemon.subscribe())
+                log.info(PROMPTS[State.IDLE])
                 task_status.started()
                 while data := await stream.receive_some():
                     for _ in range(data.count(b"\n")):
                         await daemon.commands.send(TurnCommand(Command.TOGGLE, "terminal"))
+                nursery.cancel_scope.cancel()
         finally:
             fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
+
+
+PROMPTS = {
+    State.IDLE: "press Enter to talk",
+    State.LISTENING: "listening... press Enter to send",
+    State.THINKING: "thinking...",
+    State.SPEAKING: "speaking... press Enter to interrupt and talk",
+}
+
+
+async def _prompt(events: trio.MemoryReceiveChannel[Event]) -> None:
+    """Tell the person at the terminal what Enter will do now."""
+    async with events:
+        async for event in events:
+            if isinstance(event, StateChanged):
+                log.info(PROMPTS[event.new])
 
 
 @hookimpl

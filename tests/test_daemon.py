@@ -88,6 +88,12 @@ async def test_turn_over_http(
             status = (await http.get("/status")).json()
             assert (status["state"], status["turns"]) == ("idle", 1)
             assert status["last_turn"]["outcome"] == "completed"
+            # session.update, appends, commit, response.create: all counted on the wire.
+            assert status["connection"] == {
+                "connects": 1,
+                "events_sent": len(sim.sim.connections[0].received),
+                "events_received": len(sim.sim.connections[0].sent),
+            }
             assert set(status["last_turn"]["latencies_ms"]) == {
                 "commit",
                 "first_audio",

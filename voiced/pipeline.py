@@ -25,7 +25,7 @@ from voiced.session import Session, Status
 from voiced.stages.decode import run_decode
 from voiced.stages.encode import run_encode
 from voiced.stages.playback import Player
-from voiced.stages.transport import Endpoint, Wire, run_transport
+from voiced.stages.transport import Endpoint, run_transport
 from voiced.turn import TurnCommand
 
 INBOUND_BUFFER = 256
@@ -93,7 +93,6 @@ async def open_pipeline(
     )
     play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply](PLAYBACK_BUFFER)
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
-    wire = Wire()
     broadcast = Broadcast()
     player = Player(sink)
     session = Session(
@@ -101,14 +100,13 @@ async def open_pipeline(
         to_decode=decode_send,
         player=player,
         broadcast=broadcast,
-        wire=wire,
         status=status,
     )
     async with trio.open_nursery() as core:
         core.start_soon(session.run, inbound_recv)
         core.start_soon(run_encode, encode_recv, out_send)
         core.start_soon(
-            partial(run_transport, wire=wire, reconnect=reconnect),
+            partial(run_transport, wire=status.wire, reconnect=reconnect),
             endpoint,
             hello,
             out_recv,

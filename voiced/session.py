@@ -61,6 +61,8 @@ class Status:
     last_turn: TurnEnded | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     """How many turns ended each way (``completed``, ``too_short``...)."""
+    wire: Wire = field(default_factory=Wire)
+    """The transport's counters."""
 
     def to_json(self) -> dict[str, Any]:
         last = self.last_turn
@@ -76,6 +78,11 @@ class Status:
             if last is None
             else {"turn": last.turn, "outcome": last.outcome, "latencies_ms": last.latencies},
             "outcomes": dict(self.outcomes),
+            "connection": {
+                "connects": self.wire.connects,
+                "events_sent": self.wire.events_sent,
+                "events_received": self.wire.events_received,
+            },
         }
 
 
@@ -87,7 +94,6 @@ class Session:
         to_decode: reply audio and end-of-reply markers (closed on shutdown).
         player: for immediate stops and the played position.
         broadcast: where events for the sinks go.
-        wire: the transport's counters (commit-on-the-wire time).
         status: the live status to keep up to date.
     """
 
@@ -98,7 +104,6 @@ class Session:
         to_decode: trio.abc.SendChannel[p.OutputAudioDelta | EndOfReply],
         player: Player,
         broadcast: Broadcast,
-        wire: Wire,
         status: Status,
     ) -> None:
         self.controller = TurnController()
@@ -108,7 +113,6 @@ class Session:
         self._decode = to_decode
         self._player = player
         self._broadcast = broadcast
-        self._wire = wire
         self.status = status
         self._turn = 0
         self._marks: dict[str, float] = {}
@@ -209,7 +213,7 @@ class Session:
 
     def _end_turn(self, outcome: str) -> None:
         marks, lat = self._marks, {}
-        sent = self._wire.commit_sent_at
+        sent = self.status.wire.commit_sent_at
         if "commit_pressed" in marks and sent is not None and sent >= marks["commit_pressed"]:
             lat["commit"] = sent - marks["commit_pressed"]
             if "first_audio" in marks:

@@ -245,6 +245,7 @@ class _Link:
                     self.last_error = event
                 elif isinstance(event, p.SessionCreated):
                     await self.ws.send_message(self.proto.send(hello))
+                    self.wire.events_sent += 1
                     self.wire.connected = True
                     self.wire.connects += 1
                     sid = event.session.get("id")
