@@ -167,3 +167,24 @@ def test_ask_with_the_embedded_simulator(tmp_path: Path) -> None:
     result = voiced("ask", "--config", cfg, str(wav), "--out", str(tmp_path / "o.wav"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["user: heard 500 ms", "agent: echo of 500 ms"]
+
+
+def test_no_key_for_a_real_server_is_a_config_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "realtime: {url: 'wss://api.openai.com/v1/realtime'}\n")
+    for command in ("run", "check-config"):
+        result = voiced(command, "--config", cfg)
+        assert result.returncode == 2
+        assert one_line_error(result) == (
+            f"{cfg}: auth.api_key: realtime.url is wss://api.openai.com/v1/realtime but no API key "
+            "is configured: set OPENAI_API_KEY (or auth.api_key), or use realtime.url: sim"
+        )
+
+
+def test_the_key_never_reaches_the_logs(tmp_path: Path, sim_url: str) -> None:
+    secret = "sk-secret-ABCDEFGHIJKLMNOP"
+    cfg = config(tmp_path, f"realtime: {{url: '{sim_url}'}}\nauth: {{api_key: {secret}}}\n")
+    wav = write_wav(tmp_path / "in.wav", tone(0.5))
+    result = voiced("ask", "--debug", "--config", cfg, str(wav), "--out", str(tmp_path / "o.wav"))
+    assert result.returncode == 1  # the simulator takes another key
+    assert "sk-se***OP" in result.stderr  # the server's masked echo, as the real one does
+    assert "ABCDEFGHIJ" not in result.stderr + result.stdout

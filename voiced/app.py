@@ -41,10 +41,22 @@ SINK_GRACE = 5.0
 
 
 def choose_url(config: Config) -> str:
-    """``realtime.url``, or when unset: OpenAI if a key is configured, else ``sim``."""
-    if config.realtime.url is not None:
-        return config.realtime.url
-    return OPENAI_URL if config.auth.api_key else "sim"
+    """``realtime.url``, or when unset: OpenAI if a key is configured, else ``sim``.
+
+    Raises:
+        ConfigError: a real server is configured but no API key is.
+    """
+    url = config.realtime.url
+    if url is None:
+        return OPENAI_URL if config.auth.api_key else "sim"
+    if url != "sim" and not config.auth.api_key:
+        raise ConfigError(
+            f"realtime.url is {url} but no API key is configured: set OPENAI_API_KEY "
+            "(or auth.api_key), or use realtime.url: sim",
+            file=config.source,
+            key="auth.api_key",
+        )
+    return url
 
 
 def session_update(config: Config) -> p.SessionUpdate:
@@ -68,13 +80,7 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
     url = choose_url(config)
     timeout = config.realtime.connect_timeout
     if url != "sim":
-        if not config.auth.api_key:
-            raise ConfigError(
-                f"realtime.url is {url} but no API key is configured: set OPENAI_API_KEY "
-                "(or auth.api_key), or use realtime.url: sim",
-                file=config.source,
-                key="auth.api_key",
-            )
+        assert config.auth.api_key is not None  # choose_url checked it
         log.info("realtime: %s, model %s", url, config.realtime.model)
         yield Endpoint(url, config.realtime.model, config.auth.api_key, timeout)
         return

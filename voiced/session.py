@@ -197,7 +197,8 @@ class Session:
                     self._outcome = "too_short"
                 elif action.level == "error":
                     self._outcome = "failed"
-                getattr(log, action.level)("turn %d: %s", self._turn, action.message)
+                turn = f"turn {self._turn}: " if self._turn else ""
+                getattr(log, action.level)("%s%s", turn, action.message)
 
     def _changed(self, change: Changed) -> None:
         self.status.state = change.new
