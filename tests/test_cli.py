@@ -188,3 +188,21 @@ def test_the_key_never_reaches_the_logs(tmp_path: Path, sim_url: str) -> None:
     assert result.returncode == 1  # the simulator takes another key
     assert "sk-se***OP" in result.stderr  # the server's masked echo, as the real one does
     assert "ABCDEFGHIJ" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["ask", "in.wav"],
+            "voiced ask: the following arguments are required: --out (see 'voiced ask --help')",
+        ),
+        (
+            ["bogus"],
+            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'check-config', 'plugins') (see 'voiced --help')",
+        ),
+    ],
+)
+def test_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> None:
+    result = voiced(*args)
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.conftest import SIM_KEY, RunningSim, config_file, free_port, read_wav, tone, write_wav
 from voiced.app import run_daemon
@@ -140,7 +141,9 @@ async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: 
     assert conn.errors_sent == []
 
 
-async def test_daemon_stays_up_when_server_unreachable(tmp_path: Path) -> None:
+async def test_daemon_stays_up_when_server_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     with trio.fail_after(20):
         async with daemon(tmp_path, url) as (_pipe, http, events):
@@ -154,9 +157,15 @@ async def test_daemon_stays_up_when_server_unreachable(tmp_path: Path) -> None:
             assert health.json()["error"].startswith(f"cannot reach {url}")
             status = (await http.get("/status")).json()
             assert (status["connected"], status["state"]) == (False, "idle")
-            # Commands are taken and answered while the server is away.
+            # A press while the server is away is refused at once, with the reason, rather than
+            # leaving the person waiting for an answer that cannot come.
             assert (await http.post("/start")).status_code == 202
-            assert await next_state(events) is State.LISTENING
+            await trio.testing.wait_all_tasks_blocked()  # the session has handled it
+            assert (await http.get("/status")).json()["state"] == "idle"
+            assert any(
+                m.startswith("start ignored: not connected to the realtime server (cannot reach")
+                for m in caplog.messages
+            )
 
 
 async def test_http_errors(sim: RunningSim, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from voiced import __version__
 from voiced.errors import ConfigError, UsageError, VoicedError
@@ -22,16 +23,23 @@ log = logging.getLogger("voiced")
 CONFIG_HELP = "config file (default: ./config.yaml, then /etc/voiced/config.yaml)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="voiced",
         description="A headless push-to-talk voice daemon for the OpenAI Realtime API.",
         epilog="Run 'voiced COMMAND --help' for a command's options.",
     )
     top.add_argument("--version", action="version", version=f"voiced {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="log everything; show tracebacks")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
         "run",

@@ -138,9 +138,15 @@ class Session:
                 await self._encode.send(msg)
                 self.controller.audio_sent(len(msg.pcm))
         elif isinstance(msg, TurnCommand):
-            if msg.command is Command.COMMIT or (
-                msg.command is Command.TOGGLE and self.controller.listening
-            ):
+            starts = msg.command is Command.START or (
+                msg.command is Command.TOGGLE and not self.controller.listening
+            )
+            if starts and not self.status.ready:
+                # Nothing could answer: say so now rather than leave the person waiting.
+                why = f" ({self.status.last_error})" if self.status.last_error else ""
+                log.warning("%s ignored: not connected to the realtime server%s", msg.command, why)
+                return
+            if not starts and msg.command is not Command.CANCEL:
                 self._marks.setdefault("commit_pressed", trio.current_time())
             await self._apply(self.controller.command(msg, self._player.position()))
         elif isinstance(msg, EndOfReply):
