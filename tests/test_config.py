@@ -224,8 +224,20 @@ def test_post_init_errors_are_located(tmp_path: Path, text: str, expected: str) 
             "2: audio.output.path: required when backend is wav",
         ),
         (
-            "audio:\n  input:\n    device: 2\n",
-            "3: audio.input.device: only used by backend pyaudio (backend is auto)",
+            "audio:\n  input:\n    backend: null\n    device: 2\n",
+            "4: audio.input.device: only used by backend pyaudio (backend is null)",
+        ),
+        (
+            "audio:\n  input:\n    backend: wav\n    path: a.wav\n    rate: 48000\n",
+            "5: audio.input.rate: only used by backend pyaudio (backend is wav)",
+        ),
+        (
+            "audio:\n  output:\n    volume: 1.5\n",
+            "3: audio.output.volume: must be between 0.0 and 1.0",
+        ),
+        (
+            "audio:\n  input:\n    preroll_ms: -1\n",
+            "3: audio.input.preroll_ms: must be between 0 and 5000 ms",
         ),
         ("audio: [1]\n", "1: audio: expected a mapping, got a list"),
         ("plugins:\n  stdout: 3\n", "2: plugins.stdout: expected a mapping, got 3"),

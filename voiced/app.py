@@ -186,14 +186,14 @@ async def run_daemon(
             await run_daemon(config, shutdown_trigger=on_signal, task_status=task_status)
         return
     plugins = Plugins(config).create_enabled()
-    source = devices.open_source(config.audio.input)
-    sink = devices.open_sink(config.audio.output)
-    _say_devices(config, source.name, sink.name)
+    source = await devices.open_source(config.audio.input)
+    sink = await devices.open_sink(config.audio.output)
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
         status = Status(endpoint.url, endpoint.model, source.name, sink.name)
         async with open_pipeline(
             endpoint, session_update(config), source=source, sink=sink, status=status,
-            reconnect=True,
+            reconnect=True, preroll_ms=config.audio.input.preroll_ms,
+            half_duplex=config.audio.half_duplex,
         ) as pipe:  # fmt: skip
             await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe)
             async with trio.open_nursery() as inputs:
@@ -210,14 +210,6 @@ async def _start_plugins(nursery: trio.Nursery, plugins: Sequence[Loaded], pipe:
     for loaded in plugins:
         handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name)
         await nursery.start(_run_plugin, loaded, handle)
-
-
-def _say_devices(config: Config, microphone: str, speaker: str) -> None:
-    if config.audio.input.backend == "auto":
-        log.info("microphone: the bundled sample utterance, looped (%s)", microphone)
-    else:
-        log.info("microphone: %s", microphone)
-    log.info("speaker: %s", speaker)
 
 
 async def ask(

@@ -96,9 +96,24 @@ class AudioInputConfig:
     """Restart the WAV file at its end instead of ending the input."""
     realtime: bool = True
     """Pace a WAV file like a live microphone; false reads it as fast as possible."""
+    rate: int | None = None
+    """``pyaudio``: open the device at this rate (Hz); None is the device's default rate."""
+    channels: int | None = None
+    """``pyaudio``: open the device with this many channels; None is mono if the device takes
+    it, else stereo. Channels are mixed down to mono."""
+    preroll_ms: int = 300
+    """Audio kept from before the press and sent with the turn, so the first syllable is never
+    lost (milliseconds, 0 turns it off)."""
+    gain: float = 1.0
+    """Microphone gain (a factor; 1.0 leaves the level as it is)."""
 
     def __post_init__(self) -> None:
         _check_backend(self.backend, self.path, self.device)
+        _check_device_format(self.backend, self.rate, self.channels)
+        if not 0 <= self.preroll_ms <= 5000:
+            raise FieldError("must be between 0 and 5000 ms", field="preroll_ms")
+        if not 0.0 < self.gain <= 100.0:
+            raise FieldError("must be above 0 and at most 100", field="gain")
 
 
 @dataclass(frozen=True)
@@ -113,15 +128,40 @@ class AudioOutputConfig:
     """The ``pyaudio`` output device, by name or index; None is the system default."""
     realtime: bool = True
     """Pace a WAV speaker in real time; false writes as fast as audio arrives."""
+    rate: int | None = None
+    """``pyaudio``: open the device at this rate (Hz); None is the device's default rate."""
+    channels: int | None = None
+    """``pyaudio``: open the device with this many channels (the mono reply is copied to each);
+    None is mono if the device takes it, else stereo."""
+    volume: float = 1.0
+    """Output volume, 0.0 to 1.0; ``POST /volume`` changes it at run time."""
+    jitter_ms: int = 60
+    """Reply audio gathered before playback starts, so deltas that arrive unevenly still play
+    without gaps (milliseconds)."""
 
     def __post_init__(self) -> None:
         _check_backend(self.backend, self.path, self.device)
+        _check_device_format(self.backend, self.rate, self.channels)
+        if not 0.0 <= self.volume <= 1.0:
+            raise FieldError("must be between 0.0 and 1.0", field="volume")
+        if not 0 <= self.jitter_ms <= 1000:
+            raise FieldError("must be between 0 and 1000 ms", field="jitter_ms")
+
+
+def _check_device_format(backend: AudioBackend, rate: int | None, channels: int | None) -> None:
+    for name, value in (("rate", rate), ("channels", channels)):
+        if value is not None and backend not in ("pyaudio", "auto"):
+            raise FieldError(f"only used by backend pyaudio (backend is {backend})", field=name)
+    if rate is not None and not 8000 <= rate <= 192000:
+        raise FieldError("must be between 8000 and 192000 Hz", field="rate")
+    if channels is not None and not 1 <= channels <= 32:
+        raise FieldError("must be between 1 and 32", field="channels")
 
 
 def _check_backend(backend: AudioBackend, path: str | None, device: str | int | None) -> None:
     if backend == "wav" and path is None:
         raise FieldError("required when backend is wav", field="path")
-    if device is not None and backend != "pyaudio":
+    if device is not None and backend not in ("pyaudio", "auto"):
         raise FieldError(f"only used by backend pyaudio (backend is {backend})", field="device")
 
 
@@ -133,6 +173,10 @@ class AudioConfig:
     """The microphone."""
     output: AudioOutputConfig = field(default_factory=AudioOutputConfig)
     """The speaker."""
+    half_duplex: bool = True
+    """While the agent speaks, the microphone's audio is thrown away rather than kept for the
+    next turn's pre-roll, so a barge-in never sends the agent's own voice back. Turn it off
+    with an echo-cancelling microphone or a headset."""
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ async def open_pipeline(
     sink: AudioSink,
     status: Status,
     reconnect: bool,
+    preroll_ms: int = 0,
+    half_duplex: bool = True,
 ) -> AsyncIterator[Pipeline]:
     """Run the data path for the body of the ``async with``; drain it on the way out.
 
@@ -84,6 +86,8 @@ async def open_pipeline(
         sink: the speaker.
         status: the live status to keep.
         reconnect: a daemon (reconnect with backoff) rather than one batch (fail fast).
+        preroll_ms: audio from before a press sent with the turn.
+        half_duplex: see ``Session``.
     """
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](ENCODE_BUFFER)
@@ -101,6 +105,8 @@ async def open_pipeline(
         player=player,
         broadcast=broadcast,
         status=status,
+        preroll_ms=preroll_ms,
+        half_duplex=half_duplex,
     )
     async with trio.open_nursery() as core:
         core.start_soon(session.run, inbound_recv)

@@ -85,17 +85,12 @@ async def run_intake(
 ) -> None:
     """Forward commands to the session, each after the audio heard up to that instant.
 
-    Flush and both sends happen without a checkpoint in between, so no frame can slip between
-    the tail and the command. When the session is overloaded the tail is dropped like any frame.
+    The source's flush puts the tail into the channel first; a command always follows it.
     """
     async with commands, inbound:
         async for command in commands:
-            frame = source.flush() if source is not None else None
-            if frame is not None:
-                try:
-                    inbound.send_nowait(frame)
-                except trio.WouldBlock:
-                    log.warning("session overloaded: dropped the audio before %s", command.command)
+            if source is not None:
+                await source.flush()
             try:
                 inbound.send_nowait(command)
             except trio.WouldBlock:

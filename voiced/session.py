@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import trio
 
 from voiced import protocol as p
-from voiced.audio import AudioFrame, EndOfReply
+from voiced.audio import AudioFrame, EndOfReply, bytes_of
 from voiced.events import ConnectionChanged, StateChanged, Transcript, TurnEnded
 from voiced.router import Broadcast, Inbound, Shutdown
 from voiced.stages.playback import Player
@@ -95,6 +96,9 @@ class Session:
         player: for immediate stops and the played position.
         broadcast: where events for the sinks go.
         status: the live status to keep up to date.
+        preroll_ms: audio from before a press sent with the turn.
+        half_duplex: throw away what the microphone hears while the agent speaks (instead of
+            keeping it for a barge-in's pre-roll), so the agent never hears itself.
     """
 
     def __init__(
@@ -105,8 +109,13 @@ class Session:
         player: Player,
         broadcast: Broadcast,
         status: Status,
+        preroll_ms: int = 0,
+        half_duplex: bool = True,
     ) -> None:
         self.controller = TurnController()
+        self._preroll: deque[AudioFrame] = deque()  # what was heard just before a press
+        self._preroll_bytes = bytes_of(preroll_ms)
+        self._half_duplex = half_duplex
         self.ready = trio.Event()
         """Set the first time the server acknowledges the session configuration."""
         self._encode = to_encode
@@ -135,8 +144,11 @@ class Session:
     async def _handle(self, msg: Inbound) -> None:
         if isinstance(msg, AudioFrame):
             if self.controller.listening:
-                await self._encode.send(msg)
-                self.controller.audio_sent(len(msg.pcm))
+                await self._send_audio(msg)
+            elif self._half_duplex and self.controller.state is State.SPEAKING:
+                self._preroll.clear()
+            elif self._preroll_bytes:
+                self._keep(msg)
         elif isinstance(msg, TurnCommand):
             starts = msg.command is Command.START or (
                 msg.command is Command.TOGGLE and not self.controller.listening
@@ -162,6 +174,23 @@ class Session:
             await self._apply(self.controller.connection_lost())
         elif isinstance(msg, p.ServerEvent):
             await self._server_event(msg)
+
+    async def _send_audio(self, frame: AudioFrame) -> None:
+        await self._encode.send(frame)
+        self.controller.audio_sent(len(frame.pcm))
+
+    def _keep(self, frame: AudioFrame) -> None:
+        """Keep the last ``preroll`` of audio heard, to the sample."""
+        self._preroll.append(frame)
+        excess = sum(len(f.pcm) for f in self._preroll) - self._preroll_bytes
+        while excess > 0:
+            oldest = self._preroll[0]
+            if len(oldest.pcm) <= excess:
+                self._preroll.popleft()
+                excess -= len(oldest.pcm)
+            else:
+                self._preroll[0] = AudioFrame(oldest.pcm[excess:], oldest.captured_at)
+                excess = 0
 
     async def _server_event(self, event: p.ServerEvent) -> None:
         if isinstance(event, p.SessionUpdated):
@@ -198,6 +227,9 @@ class Session:
                 self._outcome = "interrupted"
             elif isinstance(action, Changed):
                 self._changed(action)
+                if action.new is State.LISTENING:
+                    while self._preroll:  # the first syllable, heard before the press
+                        await self._send_audio(self._preroll.popleft())
             elif isinstance(action, Notice):
                 if action.message.startswith("too short"):
                     self._outcome = "too_short"

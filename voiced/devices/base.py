@@ -27,8 +27,11 @@ class AudioSource(Protocol):
         (hence a memory channel, for ``send_nowait``).
         """
 
-    def flush(self) -> AudioFrame | None:
-        """The audio heard since the last frame, now (the tail before a commit), if any."""
+    async def flush(self) -> None:
+        """Return once every sample heard up to now is in the frames channel.
+
+        Called before each command, so that a commit follows the tail of what was said.
+        """
 
     @property
     def dropped_frames(self) -> int:
@@ -43,8 +46,23 @@ class AudioSink(Protocol):
     """Whether ``play`` takes as long as the audio lasts (a device) or returns at once (a file
     written as fast as it comes): playback hands a paced sink short blocks, so a stop is quick."""
 
+    async def open(self) -> None:
+        """Open the device."""
+
     async def play(self, pcm: bytes) -> None:
-        """Play ``pcm``; returns when the device has taken it (paced sinks: when it is heard)."""
+        """Queue ``pcm``; returns when the device is ready for more."""
+
+    async def drain(self) -> None:
+        """Return once everything queued has been played (the end of a reply)."""
+
+    def stop(self) -> None:
+        """Stop at once (within a few milliseconds, without a click); drop what is queued."""
+
+    def played_seconds(self) -> float:
+        """Seconds of audio that have come out of the speaker since it opened."""
+
+    def queued_seconds(self) -> float:
+        """Seconds of audio taken but not yet heard."""
 
     async def aclose(self) -> None:
         """Release the device; idempotent."""

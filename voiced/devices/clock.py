@@ -1,8 +1,8 @@
 """A real-time pacer for sources without a device clock (files, silence).
 
 Every ``FRAME_MS`` it emits exactly the samples due since the last emission, computed from the
-trio clock, so no sample is lost or doubled however late a tick runs; ``flush`` emits the samples
-due *now*, which is how the tail of a turn reaches the server before the commit.
+trio clock, so no sample is lost or doubled however late a tick runs; ``emit_due`` sends the
+samples due *now*, which is how the tail of a turn reaches the server before the commit.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class PacedClock:
     def __init__(self) -> None:
         self._t0: float | None = None
         self._emitted = 0  # bytes emitted since _t0
+        self._frames: trio.MemorySendChannel[AudioFrame] | None = None
         self.dropped = 0
         """Frames dropped because the consumer's channel was full."""
 
@@ -35,25 +36,26 @@ class PacedClock:
     ) -> None:
         """Emit frames until cancelled; never waits on ``frames`` (a full channel drops)."""
         self._t0 = trio.current_time()
+        self._frames = frames
         task_status.started()
         tick = 0
         while True:
             tick += 1
             await trio.sleep_until(self._t0 + tick * FRAME_MS / 1000)
-            frame = self.flush(produce)
-            if frame is not None:
-                try:
-                    frames.send_nowait(frame)
-                except trio.WouldBlock:
-                    self.dropped += 1
+            self.emit_due(produce)
 
-    def flush(self, produce: Callable[[int], bytes]) -> AudioFrame | None:
-        """The audio due since the last frame, now; None before ``run`` or if nothing is due."""
-        if self._t0 is None:
-            return None
+    def emit_due(self, produce: Callable[[int], bytes]) -> None:
+        """Send the audio due since the last frame, now (nothing before ``run``)."""
+        if self._t0 is None or self._frames is None:
+            return
         now = trio.current_time()
         due = bytes_of((now - self._t0) * 1000)
         if due <= self._emitted:
-            return None
+            return
         nbytes, self._emitted = due - self._emitted, due
-        return AudioFrame(produce(nbytes), now)
+        try:
+            self._frames.send_nowait(AudioFrame(produce(nbytes), now))
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from voiced.audio import AudioFrame
+from voiced.audio import BYTES_PER_MS, AudioFrame
 from voiced.devices.clock import PacedClock
 
 
@@ -29,8 +29,8 @@ class NullSource:
         async with frames:
             await self._clock.run(frames, bytes, task_status=task_status)
 
-    def flush(self) -> AudioFrame | None:
-        return self._clock.flush(bytes)
+    async def flush(self) -> None:
+        self._clock.emit_due(bytes)
 
 
 class NullSink:
@@ -39,8 +39,27 @@ class NullSink:
     name = "null"
     paced = False
 
+    def __init__(self) -> None:
+        self._played = 0
+
+    async def open(self) -> None:
+        pass
+
     async def play(self, pcm: bytes) -> None:
+        self._played += len(pcm)
         await trio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def stop(self) -> None:
+        pass
+
+    def played_seconds(self) -> float:
+        return self._played / BYTES_PER_MS / 1000
+
+    def queued_seconds(self) -> float:
+        return 0.0
 
     async def aclose(self) -> None:
         pass

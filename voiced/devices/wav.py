@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from voiced.audio import RATE, SAMPLE_BYTES, AudioFrame, bytes_of, ms_of, silence
+from voiced.audio import BYTES_PER_MS, RATE, SAMPLE_BYTES, AudioFrame, bytes_of, ms_of, silence
 from voiced.devices.clock import FRAME_MS, PacedClock
 from voiced.errors import DeviceError
 
@@ -74,8 +74,8 @@ class WavSource:
             for start in range(0, len(self.pcm), step):
                 await frames.send(AudioFrame(self.pcm[start : start + step], trio.current_time()))
 
-    def flush(self) -> AudioFrame | None:
-        return self._clock.flush(self._read)
+    async def flush(self) -> None:
+        self._clock.emit_due(self._read)
 
     def _read(self, nbytes: int) -> bytes:
         out = bytearray()
@@ -103,6 +103,7 @@ class WavSink:
         self.path = path
         self.paced = realtime
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
+        self._written = 0
         try:
             self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the sink's life)
             self._wav.setnchannels(1)
@@ -112,6 +113,21 @@ class WavSink:
         except OSError as exc:
             raise DeviceError(f"cannot write the speaker file {path}: {exc}") from exc
 
+    async def open(self) -> None:
+        pass  # opened in the constructor, so that a bad path fails at startup
+
+    async def drain(self) -> None:
+        await trio.lowlevel.checkpoint()  # paced writes are heard as they return
+
+    def stop(self) -> None:
+        pass  # nothing is queued: playback hands a paced sink short blocks
+
+    def played_seconds(self) -> float:
+        return self._written / BYTES_PER_MS / 1000
+
+    def queued_seconds(self) -> float:
+        return 0.0
+
     async def play(self, pcm: bytes) -> None:
         await trio.lowlevel.checkpoint()
         if self._wav is None:
@@ -119,6 +135,7 @@ class WavSink:
         # A block is at most a few kB into the page cache: a thread hop per block would cost more
         # CPU than the write, on the path that runs fifty times a second.
         self._wav.writeframes(pcm)
+        self._written += len(pcm)
         if self.paced:
             self._free_at = max(self._free_at, trio.current_time()) + ms_of(len(pcm)) / 1000
             await trio.sleep_until(self._free_at)

@@ -24,7 +24,8 @@ class Player:
         self.sink = sink
         self._stopped: set[str] = set()
         self._item: str | None = None
-        self._item_bytes = 0
+        self._item_bytes = 0  # bytes of the current item handed to the sink
+        self._item_start = 0.0  # the sink's clock (seconds) where the current item begins
         self._current: str | None = None  # the response whose audio is being played
         self.first_sample: tuple[str, float] | None = None
         """The latest response played and the trio time its first sample reached the device."""
@@ -34,12 +35,15 @@ class Player:
         target = response_id or self._current
         if target is not None:
             self._stopped.add(target)
+            if target == self._current:
+                self.sink.stop()
 
     def position(self) -> Played | None:
-        """The current assistant item and how many milliseconds of it were played."""
+        """The current assistant item and how many milliseconds of it came out of the speaker."""
         if self._item is None:
             return None
-        return Played(self._item, self._item_bytes // BYTES_PER_MS)
+        heard = (self.sink.played_seconds() - self._item_start) * 1000
+        return Played(self._item, int(max(0.0, min(heard, self._item_bytes / BYTES_PER_MS))))
 
     async def run(
         self,
@@ -56,9 +60,11 @@ class Player:
         block = bytes_of(BLOCK_MS) if self.sink.paced else 1 << 30
         async with inbound, done:
             try:
+                await self.sink.open()
                 async for item in inbound:
                     if isinstance(item, EndOfReply):
                         if item.response_id not in self._stopped:
+                            await self.sink.drain()
                             await done.send(item)
                         continue
                     await self._play(item, block)
@@ -71,6 +77,7 @@ class Player:
             return
         if audio.item_id != self._item:
             self._item, self._item_bytes = audio.item_id, 0
+            self._item_start = self.sink.played_seconds() + self.sink.queued_seconds()
         if audio.response_id != self._current:
             # Audio arrives in response order: older responses will not play again.
             self._stopped.clear()

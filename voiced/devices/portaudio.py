@@ -1,0 +1,174 @@
+"""PortAudio through PyAudio: a quiet start, the device list, and choosing a device and format.
+
+PortAudio probes ALSA and JACK when it starts and prints dozens of lines of their chatter on
+stderr; those are silenced here (ALSA's error handler, and standard error during the probe).
+Every call here blocks: run them in a worker thread. PortAudio lists devices once, when
+``PyAudio()`` is created, so a device plugged in later needs a new instance.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyaudio
+
+from voiced.devices.convert import DeviceFormat
+from voiced.errors import DeviceError
+
+Kind = Literal["input", "output"]
+
+_ALSA_HANDLER: Any = None  # kept alive for as long as libasound may call it
+
+
+def _silence_alsa() -> None:
+    global _ALSA_HANDLER
+    if _ALSA_HANDLER is not None:
+        return
+    try:
+        asound = ctypes.cdll.LoadLibrary("libasound.so.2")
+    except OSError:
+        return  # no ALSA: nothing to silence
+    handler_type = ctypes.CFUNCTYPE(
+        None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+    )
+    _ALSA_HANDLER = handler_type(lambda *_: None)
+    asound.snd_lib_error_set_handler(_ALSA_HANDLER)
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (JACK writes there directly)."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def open_portaudio() -> pyaudio.PyAudio:
+    """A PortAudio instance, started without the ALSA/JACK noise. Blocking."""
+    _silence_alsa()
+    with quiet_stderr():
+        return pyaudio.PyAudio()
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One PortAudio device."""
+
+    index: int
+    name: str
+    inputs: int
+    """Input channels (0: not a microphone)."""
+    outputs: int
+    """Output channels (0: not a speaker)."""
+    rate: int
+    """The device's default sample rate (Hz)."""
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, kind: Kind) -> int:
+        return self.inputs if kind == "input" else self.outputs
+
+
+def list_devices(pa: pyaudio.PyAudio) -> list[DeviceInfo]:
+    """Every device PortAudio knows, defaults marked."""
+    defaults = {}
+    getters = {
+        "input": pa.get_default_input_device_info,
+        "output": pa.get_default_output_device_info,
+    }
+    for kind, getter in getters.items():
+        try:
+            defaults[kind] = int(getter()["index"])
+        except OSError:  # no default of that kind
+            defaults[kind] = -1
+    out = []
+    for index in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(index)
+        out.append(
+            DeviceInfo(
+                index=index,
+                name=str(info["name"]),
+                inputs=int(info["maxInputChannels"]),
+                outputs=int(info["maxOutputChannels"]),
+                rate=int(info["defaultSampleRate"]),
+                default_input=index == defaults["input"],
+                default_output=index == defaults["output"],
+            )
+        )
+    return out
+
+
+def describe(devices: list[DeviceInfo], kind: Kind) -> str:
+    """The devices of a kind, for an error message."""
+    names = [f"{d.index}: {d.name}" for d in devices if d.channels(kind)]
+    return ", ".join(names) if names else "none"
+
+
+def find_device(devices: list[DeviceInfo], spec: str | int | None, kind: Kind) -> DeviceInfo:
+    """The device ``spec`` names: an index, an exact name, or a unique part of a name.
+
+    Raises:
+        DeviceError: no such device, or a name part that fits several (naming those there are).
+    """
+    usable = [d for d in devices if d.channels(kind)]
+    if spec is None:
+        found = [d for d in usable if (d.default_input if kind == "input" else d.default_output)]
+        what = f"no default {kind} device"
+    elif isinstance(spec, int):
+        found = [d for d in usable if d.index == spec]
+        what = f"no {kind} device with index {spec}"
+    else:
+        found = [d for d in usable if d.name == spec] or [
+            d for d in usable if spec.lower() in d.name.lower()
+        ]
+        what = f"no {kind} device named like {spec!r}"
+        if len(found) > 1:
+            names = ", ".join(repr(d.name) for d in found)
+            raise DeviceError(f"{spec!r} fits several {kind} devices: {names}; name one")
+    if not found:
+        raise DeviceError(f"{what} (there are: {describe(devices, kind)})")
+    return found[0]
+
+
+def choose_format(
+    pa: pyaudio.PyAudio, device: DeviceInfo, kind: Kind, rate: int | None, channels: int | None
+) -> DeviceFormat:
+    """A format the device takes: the rate asked for or its own, mono when it can.
+
+    Raises:
+        DeviceError: the device refuses the format asked for.
+    """
+    rate = rate or device.rate
+    if channels is None:
+        channels = 1 if _supported(pa, device, kind, rate, 1) else min(device.channels(kind), 2)
+    if not _supported(pa, device, kind, rate, channels):
+        raise DeviceError(f"{kind} device {device.name!r} does not take {rate} Hz, {channels} ch")
+    return DeviceFormat(rate, channels)
+
+
+def _supported(
+    pa: pyaudio.PyAudio, device: DeviceInfo, kind: Kind, rate: int, channels: int
+) -> bool:
+    if channels > device.channels(kind):
+        return False
+    args: dict[str, Any] = {
+        f"{kind}_device": device.index,
+        f"{kind}_channels": channels,
+        f"{kind}_format": pyaudio.paInt16,
+    }
+    try:
+        with quiet_stderr():
+            return bool(pa.is_format_supported(rate, **args))
+    except ValueError:
+        return False
