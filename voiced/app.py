@@ -189,7 +189,7 @@ async def run_daemon(
     source = await devices.open_source(config.audio.input)
     sink = await devices.open_sink(config.audio.output)
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
-        status = Status(endpoint.url, endpoint.model, source.name, sink.name)
+        status = Status(endpoint.url, endpoint.model, source, sink)
         async with open_pipeline(
             endpoint, session_update(config), source=source, sink=sink, status=status,
             reconnect=True, preroll_ms=config.audio.input.preroll_ms,
@@ -234,7 +234,7 @@ async def ask(
     sink = WavSink(out, realtime=False)
     results: list[TurnEnded] = []
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
-        status = Status(endpoint.url, endpoint.model, "files", sink.name)
+        status = Status(endpoint.url, endpoint.model, None, sink)
         async with open_pipeline(
             endpoint, session_update(config), source=None, sink=sink, status=status,
             reconnect=False,

@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
         "--think", type=float, default=0.0, help="seconds before each reply starts (0)"
     )
 
+    sub.add_parser(
+        "devices",
+        parents=[common],
+        help="list audio devices with their channels and default rates",
+        description="List the input and output devices PortAudio sees ('*' marks the "
+        "defaults). Use an index, a name or a part of a name as audio.input.device / "
+        "audio.output.device.",
+    )
+
     check = sub.add_parser(
         "check-config",
         parents=[common],
@@ -161,6 +170,28 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from voiced.devices import soundcard_module
+
+    soundcard_module()  # PyAudio is there, or one line on how to get it
+    from voiced.devices.portaudio import list_devices, open_portaudio
+
+    pa = open_portaudio()
+    try:
+        devices = list_devices(pa)
+    finally:
+        pa.terminate()
+    for kind in ("input", "output"):
+        print(f"{kind}s:")
+        rows = [d for d in devices if d.channels(kind)]
+        for d in rows:
+            mark = "*" if (d.default_input if kind == "input" else d.default_output) else " "
+            print(f"  {mark} {d.index:>3}  {d.name:<40} {d.channels(kind):>2} ch  {d.rate} Hz")
+        if not rows:
+            print("    none (is a sound server running, or a device plugged in?)")
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from voiced.app import choose_url
     from voiced.plugins import Plugins
@@ -194,6 +225,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "ask": _cmd_ask,
     "sim": _cmd_sim,
+    "devices": _cmd_devices,
     "check-config": _cmd_check_config,
     "plugins": _cmd_plugins,
 }

@@ -21,6 +21,7 @@ import trio
 
 from voiced import protocol as p
 from voiced.audio import AudioFrame, EndOfReply, bytes_of
+from voiced.devices.base import AudioSink, AudioSource
 from voiced.events import ConnectionChanged, StateChanged, Transcript, TurnEnded
 from voiced.router import Broadcast, Inbound, Shutdown
 from voiced.stages.playback import Player
@@ -51,8 +52,9 @@ class Status:
 
     url: str
     model: str
-    microphone: str
-    speaker: str
+    microphone: AudioSource | None
+    """None when the caller feeds audio itself (``voiced ask``)."""
+    speaker: AudioSink
     state: State = State.IDLE
     turns: int = 0
     connected: bool = False
@@ -73,7 +75,10 @@ class Status:
             "connected": self.connected,
             "ready": self.ready,
             "realtime": {"url": self.url, "model": self.model},
-            "audio": {"input": self.microphone, "output": self.speaker},
+            "audio": {
+                "input": self.microphone.statistics() if self.microphone else {"name": "files"},
+                "output": self.speaker.statistics(),
+            },
             "last_error": self.last_error,
             "last_turn": None
             if last is None

@@ -45,7 +45,7 @@ async def open_source(config: AudioInputConfig) -> AudioSource:
         assert config.path is not None  # config validation requires it for wav
         return WavSource(Path(config.path), loop=config.loop, realtime=config.realtime)
     if config.backend == "pyaudio" or await _usable("input", config):
-        source: AudioSource = _soundcard().PyAudioSource(config)
+        source: AudioSource = soundcard_module().PyAudioSource(config)
         return source
     log.info("microphone: the bundled sample utterance, looped (no usable input device)")
     return WavSource(sample_utterance(), loop=True, realtime=True)
@@ -59,13 +59,14 @@ async def open_sink(config: AudioOutputConfig) -> AudioSink:
         assert config.path is not None
         return WavSink(Path(config.path), realtime=config.realtime)
     if config.backend == "pyaudio" or await _usable("output", config):
-        sink: AudioSink = _soundcard().PyAudioSink(config)
+        sink: AudioSink = soundcard_module().PyAudioSink(config)
         return sink
     log.info("speaker: %s (no usable output device)", DEFAULT_SPEAKER)
     return WavSink(Path(DEFAULT_SPEAKER), realtime=True)
 
 
-def _soundcard() -> ModuleType:
+def soundcard_module() -> ModuleType:
+    """``voiced.devices.soundcard``, or a DeviceError saying how to install what it needs."""
     try:
         from voiced.devices import soundcard
     except ImportError as exc:
@@ -79,7 +80,7 @@ def _soundcard() -> ModuleType:
 async def _usable(kind: str, config: AudioInputConfig | AudioOutputConfig) -> bool:
     """Whether ``auto`` finds a device of this kind that opens (PortAudio probes block)."""
     try:
-        probe = _soundcard().probe
+        probe = soundcard_module().probe
     except DeviceError as exc:
         log.debug("no %s device: %s", kind, exc)
         return False

@@ -33,9 +33,9 @@ class AudioSource(Protocol):
         Called before each command, so that a commit follows the tail of what was said.
         """
 
-    @property
-    def dropped_frames(self) -> int:
-        """Frames dropped because the pipeline was not keeping up."""
+    def statistics(self) -> dict[str, object]:
+        """Name, format and counters for ``/status``: at least ``dropped_frames`` (frames the
+        pipeline did not take in time)."""
 
 
 class AudioSink(Protocol):
@@ -63,6 +63,9 @@ class AudioSink(Protocol):
 
     def queued_seconds(self) -> float:
         """Seconds of audio taken but not yet heard."""
+
+    def statistics(self) -> dict[str, object]:
+        """Name, format and counters for ``/status`` (``underruns`` for a real device)."""
 
     async def aclose(self) -> None:
         """Release the device; idempotent."""

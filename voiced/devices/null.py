@@ -16,9 +16,8 @@ class NullSource:
     def __init__(self) -> None:
         self._clock = PacedClock()
 
-    @property
-    def dropped_frames(self) -> int:
-        return self._clock.dropped
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name, "dropped_frames": self._clock.dropped}
 
     async def run(
         self,
@@ -60,6 +59,9 @@ class NullSink:
 
     def queued_seconds(self) -> float:
         return 0.0
+
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name}
 
     async def aclose(self) -> None:
         pass

@@ -2,14 +2,16 @@
 
 PortAudio probes ALSA and JACK when it starts and prints dozens of lines of their chatter on
 stderr; those are silenced here (ALSA's error handler, and standard error during the probe).
-Every call here blocks: run them in a worker thread. PortAudio lists devices once, when
-``PyAudio()`` is created, so a device plugged in later needs a new instance.
+Every call here blocks: run them in a worker thread, holding ``LOCK``: PortAudio is not
+thread-safe, and two streams closing at once in two threads corrupted its heap. PortAudio lists
+devices once, when ``PyAudio()`` is created, so a device plugged in later needs a new instance.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +23,9 @@ from voiced.devices.convert import DeviceFormat
 from voiced.errors import DeviceError
 
 Kind = Literal["input", "output"]
+
+LOCK = threading.Lock()
+"""Held for every blocking PortAudio call (open, close, probe, terminate), from any thread."""
 
 _ALSA_HANDLER: Any = None  # kept alive for as long as libasound may call it
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyaudio
 import trio
 
 from voiced.audio import RATE, AudioFrame
 from voiced.config import AudioInputConfig, AudioOutputConfig
+from voiced.devices.base import AudioSink, AudioSource
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
 from voiced.devices.portaudio import (
+    LOCK,
     choose_format,
     find_device,
     list_devices,
@@ -45,15 +47,18 @@ FLUSH_TIMEOUT = 0.2
 
 
 async def _open(kind: str, config: AudioInputConfig | AudioOutputConfig) -> tuple[Any, Any, Any]:
+    """A PortAudio instance, the configured device, and the format to open it with."""
+
     def work() -> tuple[Any, Any, Any]:
-        pa = open_portaudio()
-        try:
-            device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
-            fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
-        except BaseException:
-            pa.terminate()
-            raise
-        return pa, device, fmt
+        with LOCK:
+            pa = open_portaudio()
+            try:
+                device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
+                fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
+            except BaseException:
+                pa.terminate()
+                raise
+            return pa, device, fmt
 
     return await trio.to_thread.run_sync(work)
 
@@ -98,17 +103,19 @@ class PyAudioSource:
                 return None, pyaudio.paAbort
             return None, pyaudio.paContinue
 
-        stream = await trio.to_thread.run_sync(
-            lambda: pa.open(
-                format=pyaudio.paInt16,
-                channels=fmt.channels,
-                rate=fmt.rate,
-                input=True,
-                input_device_index=device.index,
-                frames_per_buffer=fmt.rate * BLOCK_MS // 1000,
-                stream_callback=callback,
-            )
-        )
+        def start() -> Any:
+            with LOCK:
+                return pa.open(
+                    format=pyaudio.paInt16,
+                    channels=fmt.channels,
+                    rate=fmt.rate,
+                    input=True,
+                    input_device_index=device.index,
+                    frames_per_buffer=fmt.rate * BLOCK_MS // 1000,
+                    stream_callback=callback,
+                )
+
+        stream = await trio.to_thread.run_sync(start)
         log.info("microphone: %s", self.name)
         async with frames:
             self._frames = frames
@@ -119,6 +126,9 @@ class PyAudioSource:
                 self._frames = None
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(_close, stream, pa)
+
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name, "dropped_frames": self.dropped_frames, "xruns": self.xruns}
 
     async def flush(self) -> None:
         """Wait for the device's next block: it holds what was heard up to now."""
@@ -193,6 +203,10 @@ class PyAudioSink:
             return out + b"\0" * (need - len(out)), pyaudio.paContinue
 
         def start() -> Any:
+            with LOCK:
+                return _open_stream()
+
+        def _open_stream() -> Any:
             stream = self._pa.open(
                 format=pyaudio.paInt16,
                 channels=self._format.channels,
@@ -263,6 +277,14 @@ class PyAudioSink:
             buffered = len(self._buffer) / self._format.frame_bytes / self._format.rate
             return buffered + self._in_flight()
 
+    def statistics(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "underruns": self.underruns,
+            "xruns": self.xruns,
+            "volume": self.volume,
+        }
+
     async def aclose(self) -> None:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None
         if stream is not None:
@@ -272,6 +294,11 @@ class PyAudioSink:
 
 def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
     """Why the configured device of this kind cannot be used, or None if it opens. Blocking."""
+    with LOCK:
+        return _probe(kind, config)
+
+
+def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
     try:
         pa = open_portaudio()
     except OSError as exc:
@@ -299,8 +326,15 @@ def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None
 
 
 def _close(stream: Any, pa: Any) -> None:
-    try:
-        stream.stop_stream()
-        stream.close()
-    finally:
-        pa.terminate()
+    with LOCK:
+        try:
+            stream.stop_stream()
+            stream.close()
+        finally:
+            pa.terminate()
+
+
+if TYPE_CHECKING:  # mypy checks that the backend fits the device interfaces
+
+    def _fits(i: AudioInputConfig, o: AudioOutputConfig) -> tuple[AudioSource, AudioSink]:
+        return PyAudioSource(i), PyAudioSink(o)

@@ -55,9 +55,8 @@ class WavSource:
         self._pos = 0
         self._clock = PacedClock()
 
-    @property
-    def dropped_frames(self) -> int:
-        return self._clock.dropped
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name, "dropped_frames": self._clock.dropped}
 
     async def run(
         self,
@@ -127,6 +126,9 @@ class WavSink:
 
     def queued_seconds(self) -> float:
         return 0.0
+
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name}
 
     async def play(self, pcm: bytes) -> None:
         await trio.lowlevel.checkpoint()
