@@ -1,7 +1,8 @@
 """The ``http`` input: a small local control API, served by hypercorn on trio.
 
 ``POST /start``, ``/commit``, ``/cancel``, ``/toggle`` send the command and answer 202 with the
-state it was sent in; ``GET /status`` answers the daemon's status as JSON; ``GET /healthz``
+state it was sent in; ``POST /volume`` with ``{"volume": 0.0-1.0}`` sets the speaker's volume
+(kept across restarts); ``GET /status`` answers the daemon's status as JSON; ``GET /healthz``
 answers 200 while connected to the realtime server and 503 (with the last error) otherwise.
 """
 
@@ -18,6 +19,9 @@ import trio
 from voiced import Command, Daemon, PluginSpec, TurnCommand, hookimpl
 
 log = logging.getLogger("voiced.http")
+
+MAX_BODY = 4096
+"""Bytes of a request body read; no request here needs more."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -86,7 +90,13 @@ class _App:
                     return
         if scope["type"] != "http":
             return
-        status, body = await self._route(scope["method"], scope["path"])
+        request = b""
+        while True:
+            message = await receive()
+            request += message.get("body", b"")
+            if not message.get("more_body") or len(request) > MAX_BODY:
+                break
+        status, body = await self._route(scope["method"], scope["path"], request[:MAX_BODY])
         await send(
             {
                 "type": "http.response.start",
@@ -96,8 +106,19 @@ class _App:
         )
         await send({"type": "http.response.body", "body": json.dumps(body).encode() + b"\n"})
 
-    async def _route(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         name = path.strip("/")
+        if path == "/volume":
+            if method != "POST":
+                return 405, {"error": 'use POST /volume with {"volume": 0.0-1.0}'}
+            try:
+                volume = json.loads(body)["volume"]
+                if isinstance(volume, bool) or not isinstance(volume, int | float):
+                    raise TypeError(volume)
+                await self.daemon.set_volume(float(volume))
+            except (ValueError, KeyError, TypeError):
+                return 400, {"error": 'send {"volume": 0.0-1.0}'}
+            return 200, {"volume": float(volume)}
         if name in {c.value for c in Command}:
             if method != "POST":
                 return 405, {"error": f"use POST {path}"}

@@ -79,6 +79,14 @@ async def sim(nursery: trio.Nursery) -> RunningSim:
     return RunningSim(simulator, port)
 
 
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the daemon keeps its run-time state: private to each test (never ~/.local)."""
+    directory = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(directory))
+    return directory
+
+
 def config_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)

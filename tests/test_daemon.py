@@ -3,6 +3,7 @@ simulator on a real loopback WebSocket, with a paced WAV microphone and speaker.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -15,6 +16,7 @@ import trio.testing
 
 from tests.conftest import SIM_KEY, RunningSim, config_file, free_port, read_wav, tone, write_wav
 from voiced.app import run_daemon
+from voiced.audio import scale
 from voiced.config import load_config
 from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
 from voiced.pipeline import Pipeline
@@ -207,3 +209,34 @@ async def test_daemon_survives_a_server_error(sim: RunningSim, tmp_path: Path) -
             status = (await http.get("/status")).json()
             assert (status["connected"], status["last_turn"]["outcome"]) == (True, "failed")
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_volume_is_set_over_http_and_kept_across_restarts(
+    sim: RunningSim, tmp_path: Path, state_directory: Path
+) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url) as (pipe, http, events):
+            assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 1.0
+            response = await http.post("/volume", json={"volume": 0.25})
+            assert (response.status_code, response.json()) == (200, {"volume": 0.25})
+            assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.25
+            for bad in ({"volume": 1.5}, {"volume": "loud"}, {"level": 1}, {"volume": True}):
+                refused = await http.post("/volume", json=bad)
+                assert (refused.status_code, refused.json()) == (
+                    400,
+                    {"error": 'send {"volume": 0.0-1.0}'},
+                )
+            assert (await http.get("/volume")).status_code == 405
+            # The reply is played at that volume.
+            await pipe.session.ready.wait()
+            await http.post("/start")
+            assert await next_state(events) is State.LISTENING
+            await trio.sleep(0.3)  # the person speaks
+            await http.post("/commit")
+            while await next_state(events) is not State.IDLE:
+                pass
+            (sent,) = sim.sim.connections[0].reply_audio
+            assert read_wav(tmp_path / "spk.wav") == scale(sent, 0.25)
+        assert json.loads((state_directory / "state.json").read_text()) == {"volume": 0.25}
+        async with daemon(tmp_path, sim.url) as (_pipe, http, _events):
+            assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.25

@@ -31,6 +31,7 @@ from voiced.plugins import Loaded, Plugins
 from voiced.session import Status
 from voiced.stages.encode import APPEND_MS
 from voiced.stages.transport import Endpoint
+from voiced.state import State, state_file
 from voiced.turn import Command, TurnCommand
 
 log = logging.getLogger("voiced")
@@ -103,12 +104,20 @@ class _Handle:
     commands: trio.MemorySendChannel[TurnCommand]
     pipeline: Pipeline
     name: str
+    state: State
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         return self.pipeline.broadcast.subscribe(self.name)
 
     def status(self) -> dict[str, Any]:
         return self.pipeline.session.status.to_json()
+
+    async def set_volume(self, volume: float) -> None:
+        if not 0.0 <= volume <= 1.0:
+            raise ValueError(f"volume must be between 0.0 and 1.0, got {volume}")
+        self.pipeline.player.sink.volume = volume
+        log.info("volume %.2f (set by %s)", volume, self.name)
+        await self.state.save(volume=volume)
 
 
 async def _run_plugin(
@@ -188,6 +197,8 @@ async def run_daemon(
     plugins = Plugins(config).create_enabled()
     source = await devices.open_source(config.audio.input)
     sink = await devices.open_sink(config.audio.output)
+    state = State(state_file())
+    sink.volume = _volume(config, state)
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
         status = Status(endpoint.url, endpoint.model, source, sink)
         async with open_pipeline(
@@ -195,9 +206,9 @@ async def run_daemon(
             reconnect=True, preroll_ms=config.audio.input.preroll_ms,
             half_duplex=config.audio.half_duplex,
         ) as pipe:  # fmt: skip
-            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe)
+            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, state)
             async with trio.open_nursery() as inputs:
-                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe)
+                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe, state)
                 log.info("ready: %s", ", ".join(s.spec.name for s in plugins) or "no plugins")
                 task_status.started(pipe)
                 await shutdown_trigger()
@@ -206,9 +217,20 @@ async def run_daemon(
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
 
 
-async def _start_plugins(nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline) -> None:
+def _volume(config: Config, state: State) -> float:
+    """The volume last set at run time, else the configured one."""
+    saved = state.values.get("volume")
+    if isinstance(saved, int | float) and 0.0 <= saved <= 1.0:
+        log.info("volume %.2f, as last set (%s)", saved, state.path)
+        return float(saved)
+    return config.audio.output.volume
+
+
+async def _start_plugins(
+    nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline, state: State
+) -> None:
     for loaded in plugins:
-        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name)
+        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, state)
         await nursery.start(_run_plugin, loaded, handle)
 
 
@@ -240,7 +262,7 @@ async def ask(
             reconnect=False,
         ) as pipe:  # fmt: skip
             events = pipe.broadcast.subscribe("ask")
-            await _start_plugins(sinks, sinks_only, pipe)
+            await _start_plugins(sinks, sinks_only, pipe, State(state_file()))
             with trio.fail_after(config.realtime.connect_timeout + 5):
                 await pipe.session.ready.wait()
             for pcm in utterances:

@@ -7,6 +7,7 @@ from device formats happens at the device edge.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
@@ -30,6 +31,14 @@ def ms_of(nbytes: int) -> float:
 def bytes_of(ms: float) -> int:
     """Whole samples' worth of wire PCM bytes in ``ms`` milliseconds (rounded down)."""
     return int(ms * RATE / 1000) * SAMPLE_BYTES
+
+
+def scale(pcm: bytes, factor: float) -> bytes:
+    """``pcm`` with every sample multiplied by ``factor`` (0.0 to 1.0: no clipping needed)."""
+    samples = array("h", pcm)
+    for i, value in enumerate(samples):
+        samples[i] = int(value * factor)
+    return samples.tobytes()
 
 
 def silence(nbytes: int) -> bytes:

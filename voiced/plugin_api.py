@@ -30,6 +30,13 @@ class Daemon(Protocol):
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot of the daemon's state (what ``GET /status`` shows)."""
 
+    async def set_volume(self, volume: float) -> None:
+        """Set the speaker's volume (0.0 to 1.0) now; it is kept across restarts.
+
+        Raises:
+            ValueError: the volume is outside 0.0 to 1.0.
+        """
+
 
 class Plugin(Protocol):
     """A running plugin."""

@@ -42,6 +42,8 @@ class AudioSink(Protocol):
     """A speaker: takes wire-format PCM and plays it, at the pace of a device if it has one."""
 
     name: str
+    volume: float
+    """0.0 to 1.0, applied to what is played from the next block on."""
     paced: bool
     """Whether ``play`` takes as long as the audio lasts (a device) or returns at once (a file
     written as fast as it comes): playback hands a paced sink short blocks, so a stop is quick."""

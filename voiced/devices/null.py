@@ -40,6 +40,7 @@ class NullSink:
 
     def __init__(self) -> None:
         self._played = 0
+        self.volume = 1.0
 
     async def open(self) -> None:
         pass
@@ -61,7 +62,7 @@ class NullSink:
         return 0.0
 
     def statistics(self) -> dict[str, object]:
-        return {"name": self.name}
+        return {"name": self.name, "volume": self.volume}
 
     async def aclose(self) -> None:
         pass

@@ -173,7 +173,7 @@ class PyAudioSink:
     async def open(self) -> None:
         self._pa, device, self._format = await _open("output", self.config)
         self.name = f"pyaudio:{device.name} ({self._format})"
-        self._convert = ToDevice(self._format, self.config.volume)
+        self._convert = ToDevice(self._format, self.volume)  # as set before it opened
         self._jitter_bytes = self._bytes(self.config.jitter_ms)
         token = trio.lowlevel.current_trio_token()
 

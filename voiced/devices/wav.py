@@ -13,7 +13,16 @@ from pathlib import Path
 
 import trio
 
-from voiced.audio import BYTES_PER_MS, RATE, SAMPLE_BYTES, AudioFrame, bytes_of, ms_of, silence
+from voiced.audio import (
+    BYTES_PER_MS,
+    RATE,
+    SAMPLE_BYTES,
+    AudioFrame,
+    bytes_of,
+    ms_of,
+    scale,
+    silence,
+)
 from voiced.devices.clock import FRAME_MS, PacedClock
 from voiced.errors import DeviceError
 
@@ -101,6 +110,7 @@ class WavSink:
         self.name = f"wav:{path}"
         self.path = path
         self.paced = realtime
+        self.volume = 1.0
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
         self._written = 0
         try:
@@ -128,7 +138,7 @@ class WavSink:
         return 0.0
 
     def statistics(self) -> dict[str, object]:
-        return {"name": self.name}
+        return {"name": self.name, "volume": self.volume}
 
     async def play(self, pcm: bytes) -> None:
         await trio.lowlevel.checkpoint()
@@ -136,7 +146,7 @@ class WavSink:
             raise trio.ClosedResourceError("the speaker is closed")
         # A block is at most a few kB into the page cache: a thread hop per block would cost more
         # CPU than the write, on the path that runs fifty times a second.
-        self._wav.writeframes(pcm)
+        self._wav.writeframes(pcm if self.volume == 1.0 else scale(pcm, self.volume))
         self._written += len(pcm)
         if self.paced:
             self._free_at = max(self._free_at, trio.current_time()) + ms_of(len(pcm)) / 1000
