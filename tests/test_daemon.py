@@ -16,8 +16,9 @@ import trio.testing
 
 from tests.conftest import SIM_KEY, RunningSim, config_file, free_port, read_wav, tone, write_wav
 from voiced.app import run_daemon
-from voiced.audio import scale
+from voiced.audio import bytes_of, scale
 from voiced.config import load_config
+from voiced.earcons import builtin
 from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
 from voiced.pipeline import Pipeline
 from voiced.sim import Simulator
@@ -28,7 +29,7 @@ MIC = tone(2.0, seed=7)
 
 @asynccontextmanager
 async def daemon(
-    tmp_path: Path, url: str, *, speaker_realtime: bool = True
+    tmp_path: Path, url: str, *, speaker_realtime: bool = True, earcons: bool = False
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.MemoryReceiveChannel[Event]]]:
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
@@ -38,6 +39,7 @@ async def daemon(
         f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true}}\n"
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"
+        f"  earcons: {str(earcons).lower()}\n"
         f"plugins:\n  http: {{port: {port}}}\n  stdout: {{}}\n",
     )
     stop = trio.Event()
@@ -240,3 +242,30 @@ async def test_volume_is_set_over_http_and_kept_across_restarts(
         assert json.loads((state_directory / "state.json").read_text()) == {"volume": 0.25}
         async with daemon(tmp_path, sim.url) as (_pipe, http, _events):
             assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.25
+
+
+async def test_earcons_play_to_the_speaker_and_never_reach_the_server(
+    sim: RunningSim, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        async with daemon(tmp_path, sim.url, earcons=True) as (pipe, http, events):
+            await pipe.session.ready.wait()
+            await http.post("/start")
+            assert await next_state(events) is State.LISTENING
+            await trio.sleep(0.8)  # the person speaks
+            await http.post("/commit")
+            while await next_state(events) is not State.IDLE:
+                pass
+    (conn,) = sim.sim.connections
+    (heard,) = conn.committed_audio
+    (reply,) = conn.reply_audio
+    # The speaker played: the listening sound, the commit sound, then the reply.
+    assert read_wav(tmp_path / "spk.wav") == builtin("listening") + builtin("commit") + reply
+    # The server got the pre-roll (up to 300 ms heard before the press), then silence while the
+    # listening sound played and echoed (the microphone is muted for it), then the person.
+    muted = heard.index(bytes(bytes_of(300)))
+    assert 0 < muted <= bytes_of(300)
+    assert heard[:muted] in MIC * 2
+    resumed = len(heard) - len(heard[muted:].lstrip(b"\0"))
+    assert bytes_of(175 + 150 - 20) <= resumed - muted <= bytes_of(175 + 150 + 40)  # 20 ms frames
+    assert heard[resumed + 2 :] in MIC * 2

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from voiced import protocol as p
-from voiced.audio import AudioFrame, EndOfReply, bytes_of
+from voiced.audio import AudioFrame, Earcon, EndOfReply, bytes_of
 from voiced.devices.null import NullSink
 from voiced.router import Broadcast, Inbound, Shutdown
 from voiced.session import Session, Status
@@ -27,7 +27,9 @@ async def session(
 ) -> AsyncIterator[tuple[trio.MemorySendChannel[Inbound], list[AudioFrame | p.ClientEvent]]]:
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](64)
     encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](64)
-    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply](64)
+    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply | Earcon](
+        64
+    )
     sent: list[AudioFrame | p.ClientEvent] = []
 
     async def collect() -> None:
@@ -39,7 +41,7 @@ async def session(
         to_decode=decode_send,
         player=Player(NullSink()),
         broadcast=Broadcast(),
-        status=Status("ws://x", "m", "mic", "spk"),
+        status=Status("ws://x", "m", None, NullSink()),
         preroll_ms=preroll_ms,
         half_duplex=half_duplex,
     )

@@ -24,6 +24,7 @@ from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
 from voiced.config import Config
 from voiced.devices.wav import WavSink, read_wav
+from voiced.earcons import load_earcons
 from voiced.errors import ConfigError, VoicedError
 from voiced.events import Event, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
@@ -204,7 +205,7 @@ async def run_daemon(
         async with open_pipeline(
             endpoint, session_update(config), source=source, sink=sink, status=status,
             reconnect=True, preroll_ms=config.audio.input.preroll_ms,
-            half_duplex=config.audio.half_duplex,
+            half_duplex=config.audio.half_duplex, earcons=load_earcons(config.audio.earcons),
         ) as pipe:  # fmt: skip
             await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, state)
             async with trio.open_nursery() as inputs:

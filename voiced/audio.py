@@ -75,6 +75,14 @@ class ReplyAudio:
 
 
 @dataclass
+class Earcon:
+    """A short sound for the speaker alone (see ``voiced.earcons``)."""
+
+    name: str
+    pcm: bytes
+
+
+@dataclass
 class EndOfReply:
     """Marks the end of a response's audio in the playback queue."""
 

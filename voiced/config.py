@@ -166,6 +166,20 @@ def _check_backend(backend: AudioBackend, path: str | None, device: str | int | 
 
 
 @dataclass(frozen=True)
+class EarconsConfig:
+    """Each earcon: true (built in), false (off), or the path of a 24 kHz mono PCM16 WAV."""
+
+    listening: bool | str = True
+    """Played when listening starts: talk now."""
+    commit: bool | str = True
+    """Played when what was said is sent."""
+    error: bool | str = True
+    """Played when a turn fails (a server error, no connection)."""
+    too_short: bool | str = True
+    """Played when a press was too short to send."""
+
+
+@dataclass(frozen=True)
 class AudioConfig:
     """Audio in and out."""
 
@@ -173,6 +187,9 @@ class AudioConfig:
     """The microphone."""
     output: AudioOutputConfig = field(default_factory=AudioOutputConfig)
     """The speaker."""
+    earcons: EarconsConfig | bool = True
+    """Short sounds for listening, commit, error and too short; false turns them all off.
+    They are played to the speaker only, and the microphone is muted while they play."""
     half_duplex: bool = True
     """While the agent speaks, the microphone's audio is thrown away rather than kept for the
     next turn's pre-roll, so a barge-in never sends the agent's own voice back. Turn it off

@@ -10,7 +10,7 @@ transport sends what is queued and closes; playback plays what is queued, within
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +18,7 @@ from functools import partial
 import trio
 
 from voiced import protocol as p
-from voiced.audio import AudioFrame, EndOfReply, ReplyAudio
+from voiced.audio import AudioFrame, Earcon, EndOfReply, ReplyAudio
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.router import Broadcast, Inbound, Shutdown, run_intake
 from voiced.session import Session, Status
@@ -76,6 +76,7 @@ async def open_pipeline(
     reconnect: bool,
     preroll_ms: int = 0,
     half_duplex: bool = True,
+    earcons: Mapping[str, bytes] | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Run the data path for the body of the ``async with``; drain it on the way out.
 
@@ -88,14 +89,17 @@ async def open_pipeline(
         reconnect: a daemon (reconnect with backoff) rather than one batch (fail fast).
         preroll_ms: audio from before a press sent with the turn.
         half_duplex: see ``Session``.
+        earcons: the sounds played on listening, commit, error and too short, by name.
     """
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](ENCODE_BUFFER)
     out_send, out_recv = trio.open_memory_channel[p.ClientEvent](OUTBOUND_BUFFER)
-    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply](
+    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply | Earcon](
         DECODE_BUFFER
     )
-    play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply](PLAYBACK_BUFFER)
+    play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](
+        PLAYBACK_BUFFER
+    )
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
     broadcast = Broadcast()
     player = Player(sink)
@@ -107,6 +111,7 @@ async def open_pipeline(
         status=status,
         preroll_ms=preroll_ms,
         half_duplex=half_duplex,
+        earcons=earcons or {},
     )
     async with trio.open_nursery() as core:
         core.start_soon(session.run, inbound_recv)

@@ -12,15 +12,17 @@ played) and keeps the live ``Status`` that ``/status`` shows.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import trio
 
 from voiced import protocol as p
-from voiced.audio import AudioFrame, EndOfReply, bytes_of
+from voiced.audio import AudioFrame, Earcon, EndOfReply, bytes_of, ms_of, silence
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.events import ConnectionChanged, StateChanged, Transcript, TurnEnded
 from voiced.router import Broadcast, Inbound, Shutdown
@@ -42,6 +44,8 @@ from voiced.turn import (
 
 log = logging.getLogger("voiced.session")
 
+EARCON_ECHO = 0.15
+"""Seconds the microphone stays muted after an earcon: the speaker's latency and the room."""
 RECENT_IDS = 32
 """How many item and response ids are remembered to match late transcripts to their turn."""
 
@@ -104,19 +108,23 @@ class Session:
         preroll_ms: audio from before a press sent with the turn.
         half_duplex: throw away what the microphone hears while the agent speaks (instead of
             keeping it for a barge-in's pre-roll), so the agent never hears itself.
+        earcons: sounds by name (``voiced.earcons.NAMES``); a missing name is not played.
     """
 
     def __init__(
         self,
         *,
         to_encode: trio.abc.SendChannel[AudioFrame | p.ClientEvent],
-        to_decode: trio.abc.SendChannel[p.OutputAudioDelta | EndOfReply],
+        to_decode: trio.abc.SendChannel[p.OutputAudioDelta | EndOfReply | Earcon],
         player: Player,
         broadcast: Broadcast,
         status: Status,
         preroll_ms: int = 0,
         half_duplex: bool = True,
+        earcons: Mapping[str, bytes] | None = None,
     ) -> None:
+        self._earcons = dict(earcons or {})
+        self._mute_until = -math.inf  # trio time until which the microphone hears an earcon
         self.controller = TurnController()
         self._preroll: deque[AudioFrame] = deque()  # what was heard just before a press
         self._preroll_bytes = bytes_of(preroll_ms)
@@ -149,6 +157,8 @@ class Session:
     async def _handle(self, msg: Inbound) -> None:
         if isinstance(msg, AudioFrame):
             if self.controller.listening:
+                if msg.captured_at <= self._mute_until:  # an earcon is playing: never send it
+                    msg = AudioFrame(silence(len(msg.pcm)), msg.captured_at)
                 await self._send_audio(msg)
             elif self._half_duplex and self.controller.state is State.SPEAKING:
                 self._preroll.clear()
@@ -162,6 +172,7 @@ class Session:
                 # Nothing could answer: say so now rather than leave the person waiting.
                 why = f" ({self.status.last_error})" if self.status.last_error else ""
                 log.warning("%s ignored: not connected to the realtime server%s", msg.command, why)
+                await self._earcon("error")
                 return
             if not starts and msg.command is not Command.CANCEL:
                 self._marks.setdefault("commit_pressed", trio.current_time())
@@ -179,6 +190,15 @@ class Session:
             await self._apply(self.controller.connection_lost())
         elif isinstance(msg, p.ServerEvent):
             await self._server_event(msg)
+
+    async def _earcon(self, name: str) -> None:
+        """Play an earcon, and mute the microphone for as long as the speaker plays it."""
+        pcm = self._earcons.get(name)
+        if pcm is None:
+            return
+        start = max(trio.current_time(), self._mute_until)
+        self._mute_until = start + ms_of(len(pcm)) / 1000 + EARCON_ECHO
+        await self._decode.send(Earcon(name, pcm))
 
     async def _send_audio(self, frame: AudioFrame) -> None:
         await self._encode.send(frame)
@@ -225,6 +245,8 @@ class Session:
                 await self._decode.send(action.delta)
             elif isinstance(action, Send):
                 await self._encode.send(action.event)
+                if isinstance(action.event, p.InputAudioBufferCommit):
+                    await self._earcon("commit")
             elif isinstance(action, EndPlayback):
                 await self._decode.send(EndOfReply(action.response_id))
             elif isinstance(action, StopPlayback):
@@ -235,11 +257,14 @@ class Session:
                 if action.new is State.LISTENING:
                     while self._preroll:  # the first syllable, heard before the press
                         await self._send_audio(self._preroll.popleft())
+                    await self._earcon("listening")
             elif isinstance(action, Notice):
                 if action.message.startswith("too short"):
                     self._outcome = "too_short"
+                    await self._earcon("too_short")
                 elif action.level == "error":
                     self._outcome = "failed"
+                    await self._earcon("error")
                 turn = f"turn {self._turn}: " if self._turn else ""
                 getattr(log, action.level)("%s%s", turn, action.message)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import trio
 
-from voiced.audio import EndOfReply, ReplyAudio
+from voiced.audio import Earcon, EndOfReply, ReplyAudio
 from voiced.protocol import OutputAudioDelta
 
 
 async def run_decode(
-    inbound: trio.abc.ReceiveChannel[OutputAudioDelta | EndOfReply],
-    outbound: trio.abc.SendChannel[ReplyAudio | EndOfReply],
+    inbound: trio.abc.ReceiveChannel[OutputAudioDelta | EndOfReply | Earcon],
+    outbound: trio.abc.SendChannel[ReplyAudio | EndOfReply | Earcon],
 ) -> None:
     """Run until ``inbound`` closes, then close ``outbound``."""
     async with inbound, outbound:

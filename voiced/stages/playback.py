@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from voiced.audio import BYTES_PER_MS, EndOfReply, ReplyAudio, bytes_of
+from voiced.audio import BYTES_PER_MS, Earcon, EndOfReply, ReplyAudio, bytes_of
 from voiced.devices.base import AudioSink
 from voiced.turn import Played
 
@@ -47,7 +47,7 @@ class Player:
 
     async def run(
         self,
-        inbound: trio.abc.ReceiveChannel[ReplyAudio | EndOfReply],
+        inbound: trio.abc.ReceiveChannel[ReplyAudio | EndOfReply | Earcon],
         done: trio.abc.SendChannel[EndOfReply],
     ) -> None:
         """Play until ``inbound`` closes, then close the speaker.
@@ -62,6 +62,11 @@ class Player:
             try:
                 await self.sink.open()
                 async for item in inbound:
+                    if isinstance(item, Earcon):
+                        for start in range(0, len(item.pcm), block):
+                            await self.sink.play(item.pcm[start : start + block])
+                        await self.sink.drain()
+                        continue
                     if isinstance(item, EndOfReply):
                         if item.response_id not in self._stopped:
                             await self.sink.drain()
