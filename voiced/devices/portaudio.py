@@ -155,11 +155,19 @@ def choose_format(
         DeviceError: the device refuses the format asked for.
     """
     rate = rate or device.rate
-    if channels is None:
-        channels = 1 if _supported(pa, device, kind, rate, 1) else min(device.channels(kind), 2)
-    if not _supported(pa, device, kind, rate, channels):
-        raise DeviceError(f"{kind} device {device.name!r} does not take {rate} Hz, {channels} ch")
-    return DeviceFormat(rate, channels)
+    if channels is not None:
+        if not _supported(pa, device, kind, rate, channels):
+            raise DeviceError(
+                f"{kind} device {device.name!r} does not take {rate} Hz, {channels} ch"
+            )
+        return DeviceFormat(rate, channels)
+    for channels in (1, 2):
+        if _supported(pa, device, kind, rate, channels):
+            return DeviceFormat(rate, channels)
+    raise DeviceError(
+        f"{kind} device {device.name!r} takes neither mono nor stereo at {rate} Hz "
+        "(unplugged, or its sound server is down?)"
+    )
 
 
 def _supported(

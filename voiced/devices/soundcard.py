@@ -13,14 +13,16 @@ that runs dry mid-reply is counted as an underrun. ``stop`` fades out over ``FAD
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyaudio
 import trio
 
-from voiced.audio import RATE, AudioFrame
+from voiced.audio import BYTES_PER_MS, RATE, AudioFrame
 from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
@@ -44,6 +46,10 @@ AHEAD_MS = 200
 """The most reply audio queued for the speaker before ``play`` waits."""
 FLUSH_TIMEOUT = 0.2
 """Seconds a commit waits for the microphone's next block before going without it."""
+STALL = 1.0
+"""Seconds without a callback after which a device is taken for gone and reopened."""
+RETRY_START, RETRY_MAX = 0.5, 10.0
+"""Seconds between tries to reopen a device: doubling from the first to the cap."""
 
 
 async def _open(kind: str, config: AudioInputConfig | AudioOutputConfig) -> tuple[Any, Any, Any]:
@@ -63,14 +69,44 @@ async def _open(kind: str, config: AudioInputConfig | AudioOutputConfig) -> tupl
     return await trio.to_thread.run_sync(work)
 
 
+class _Retry:
+    """Backoff for reopening a device, and the log: each distinct failure is logged once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.error: str | None = None
+        """Why the device is not in use now; None while it works."""
+        self.reopens = 0
+        self._delay = RETRY_START
+
+    def failed(self, exc: Exception) -> float:
+        """Record a failure; returns the seconds to wait before trying again."""
+        if str(exc) != self.error:
+            log.error("%s: %s; retrying", self.what, exc)
+            self.error = str(exc)
+        delay, self._delay = self._delay, min(self._delay * 2, RETRY_MAX)
+        return delay
+
+    def opened(self, name: str) -> None:
+        if self.error is not None:
+            self.reopens += 1
+            log.info("%s is back: %s", self.what, name)
+        else:
+            log.info("%s: %s", self.what, name)
+        self.error = None
+        self._delay = RETRY_START
+
+
 class PyAudioSource:
-    """A microphone. Counts frames dropped because the pipeline lagged, and device overflows."""
+    """A microphone that survives its device going away: a missing device at startup, or one
+    that stops delivering audio (unplugged, a sound server restart), is reopened with backoff."""
 
     def __init__(self, config: AudioInputConfig) -> None:
         self.config = config
         self.name = f"pyaudio:{config.device if config.device is not None else 'default'}"
         self.dropped_frames = 0
         self.xruns = 0
+        self._retry = _Retry("microphone")
         self._frames: trio.MemorySendChannel[AudioFrame] | None = None
         self._arrived = trio.Event()
 
@@ -80,12 +116,25 @@ class PyAudioSource:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        async with frames:
+            # Ready at once: the daemon runs, and says what is missing, while a device is away.
+            task_status.started()
+            while True:
+                try:
+                    await self._stream_until_lost(frames)
+                except DeviceError as exc:
+                    await trio.sleep(self._retry.failed(exc))
+
+    async def _stream_until_lost(self, frames: trio.MemorySendChannel[AudioFrame]) -> None:
         pa, device, fmt = await _open("input", self.config)
-        self.name = f"pyaudio:{device.name} ({fmt})"
         convert = FromDevice(fmt, self.config.gain)
         token = trio.lowlevel.current_trio_token()
 
+        # Every block pushes this deadline back; if none comes for STALL seconds, it expires.
+        watchdog = trio.CancelScope()
+
         def push(data: bytes, status: int) -> None:  # on the trio thread
+            watchdog.deadline = trio.current_time() + STALL
             if status & pyaudio.paInputOverflow:
                 self.xruns += 1
             try:
@@ -104,7 +153,7 @@ class PyAudioSource:
             return None, pyaudio.paContinue
 
         def start() -> Any:
-            with LOCK:
+            with LOCK, quiet_stderr():
                 return pa.open(
                     format=pyaudio.paInt16,
                     channels=fmt.channels,
@@ -115,20 +164,32 @@ class PyAudioSource:
                     stream_callback=callback,
                 )
 
-        stream = await trio.to_thread.run_sync(start)
-        log.info("microphone: %s", self.name)
-        async with frames:
-            self._frames = frames
-            try:
-                task_status.started()
+        try:
+            stream = await trio.to_thread.run_sync(start)
+        except OSError as exc:
+            await trio.to_thread.run_sync(_terminate, pa)
+            raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
+        self.name = f"pyaudio:{device.name} ({fmt})"
+        self._retry.opened(self.name)
+        self._frames = frames
+        try:
+            watchdog.deadline = trio.current_time() + STALL
+            with watchdog:
                 await trio.sleep_forever()
-            finally:
-                self._frames = None
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(_close, stream, pa)
+            raise DeviceError(f"{device.name!r} stopped delivering audio")
+        finally:
+            self._frames = None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_close, stream, pa)
 
     def statistics(self) -> dict[str, object]:
-        return {"name": self.name, "dropped_frames": self.dropped_frames, "xruns": self.xruns}
+        return {
+            "name": self.name,
+            "error": self._retry.error,
+            "dropped_frames": self.dropped_frames,
+            "xruns": self.xruns,
+            "reopens": self._retry.reopens,
+        }
 
     async def flush(self) -> None:
         """Wait for the device's next block: it holds what was heard up to now."""
@@ -140,7 +201,12 @@ class PyAudioSource:
 
 
 class PyAudioSink:
-    """A speaker with a jitter buffer, an underrun counter and a played-audio clock."""
+    """A speaker with a jitter buffer, an underrun counter and a played-audio clock.
+
+    It survives its device going away: while there is none, reply audio is dropped (and
+    counted) and the device is reopened with backoff; one that stops taking audio is closed
+    and reopened the same way.
+    """
 
     paced = True
 
@@ -149,17 +215,25 @@ class PyAudioSink:
         self.name = f"pyaudio:{config.device if config.device is not None else 'default'}"
         self.underruns = 0
         self.xruns = 0
+        self.dropped_ms = 0.0
+        """Reply audio thrown away because there was no device."""
+        self._retry = _Retry("speaker")
+        self._retry_at = -math.inf  # trio time of the next try to open the device
         self._lock = threading.Lock()
+        # Shared with the PortAudio thread, under the lock:
         self._buffer = bytearray()  # device-format audio waiting for the callback
         self._priming = True  # gathering jitter_ms before a reply starts
         self._ending = False  # the reply is complete: play out the rest without waiting
-        self._handed = 0  # frames of reply audio (not padding) handed to PortAudio
+        self._played = 0.0  # seconds of reply audio (not padding) handed to PortAudio
         self._last_handed_at = 0.0  # monotonic time reply audio was last handed
-        self._latency = 0.0
+        self._last_callback_at = 0.0  # monotonic time PortAudio last asked for audio
         self._wake: trio.Event | None = None
+        # Owned by the trio side:
+        self._latency = 0.0
         self._pa: Any = None
         self._stream: Any = None
         self._format = DeviceFormat(RATE, 1)
+        self._jitter_bytes = 0
         self._convert = ToDevice(self._format, config.volume)
 
     @property
@@ -171,15 +245,34 @@ class PyAudioSink:
         self._convert.volume = value
 
     async def open(self) -> None:
-        self._pa, device, self._format = await _open("output", self.config)
-        self.name = f"pyaudio:{device.name} ({self._format})"
-        self._convert = ToDevice(self._format, self.volume)  # as set before it opened
-        self._jitter_bytes = self._bytes(self.config.jitter_ms)
+        await self._usable()
+
+    async def _usable(self) -> bool:
+        """Whether there is a working device now; reopens one that is missing or stalled."""
+        if self._stream is not None:
+            if time.monotonic() - self._last_callback_at < STALL:
+                return True
+            await self._close()  # gone (unplugged, a sound server restart): try again at once
+            self._retry.failed(DeviceError(f"{self.name} stopped taking audio"))
+        elif trio.current_time() < self._retry_at:
+            return False
+        try:
+            await self._open_stream()
+        except DeviceError as exc:
+            self._retry_at = trio.current_time() + self._retry.failed(exc)
+            return False
+        return True
+
+    async def _open_stream(self) -> None:
+        pa, device, fmt = await _open("output", self.config)
         token = trio.lowlevel.current_trio_token()
+        frame_bytes, rate = fmt.frame_bytes, fmt.rate
+        ahead = int(rate * AHEAD_MS / 1000) * frame_bytes
 
         def callback(_in: Any, count: int, _time: Any, status: int) -> tuple[bytes, int]:
-            need = count * self._format.frame_bytes
+            need = count * frame_bytes
             with self._lock:
+                self._last_callback_at = time.monotonic()
                 if status & pyaudio.paOutputUnderflow:
                     self.xruns += 1
                 if self._priming and len(self._buffer) < self._jitter_bytes and not self._ending:
@@ -192,9 +285,9 @@ class PyAudioSink:
                         self.underruns += 1  # ran dry mid-reply: gather again before resuming
                         self._priming = True
                     if out:
-                        self._handed += len(out) // self._format.frame_bytes
-                        self._last_handed_at = time.monotonic()
-                if self._wake is not None and len(self._buffer) < self._bytes(AHEAD_MS):
+                        self._played += len(out) / frame_bytes / rate
+                        self._last_handed_at = self._last_callback_at
+                if self._wake is not None and len(self._buffer) < ahead:
                     wake, self._wake = self._wake, None
                     try:
                         token.run_sync_soon(wake.set)
@@ -202,56 +295,74 @@ class PyAudioSink:
                         return b"\0" * need, pyaudio.paAbort
             return out + b"\0" * (need - len(out)), pyaudio.paContinue
 
-        def start() -> Any:
-            with LOCK:
-                return _open_stream()
+        def start() -> tuple[Any, float]:
+            with LOCK, quiet_stderr():
+                stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=fmt.channels,
+                    rate=rate,
+                    output=True,
+                    output_device_index=device.index,
+                    frames_per_buffer=rate * BLOCK_MS // 1000,
+                    stream_callback=callback,
+                )
+                return stream, float(stream.get_output_latency())
 
-        def _open_stream() -> Any:
-            stream = self._pa.open(
-                format=pyaudio.paInt16,
-                channels=self._format.channels,
-                rate=self._format.rate,
-                output=True,
-                output_device_index=device.index,
-                frames_per_buffer=self._format.rate * BLOCK_MS // 1000,
-                stream_callback=callback,
-            )
-            return stream, stream.get_output_latency()
-
-        self._stream, self._latency = await trio.to_thread.run_sync(start)
-        log.info("speaker: %s", self.name)
-
-    def _bytes(self, ms: float) -> int:
-        return int(self._format.rate * ms / 1000) * self._format.frame_bytes
+        with self._lock:  # a new device: nothing queued for the old one carries over
+            self._buffer.clear()
+            self._priming, self._ending = True, False
+            self._last_callback_at = time.monotonic()
+        self._format = fmt
+        self._jitter_bytes = int(rate * self.config.jitter_ms / 1000) * frame_bytes
+        self._convert = ToDevice(fmt, self.volume)
+        try:
+            self._stream, self._latency = await trio.to_thread.run_sync(start)
+        except OSError as exc:
+            await trio.to_thread.run_sync(_terminate, pa)
+            raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
+        self._pa = pa
+        self.name = f"pyaudio:{device.name} ({fmt})"
+        self._retry.opened(self.name)
 
     async def play(self, pcm: bytes) -> None:
+        if not await self._usable():
+            self.dropped_ms += len(pcm) / BYTES_PER_MS
+            await trio.lowlevel.checkpoint()
+            return
         data = self._convert.convert(pcm)
         with self._lock:
             self._buffer += data
             self._ending = False
-        while True:
-            with self._lock:
-                if len(self._buffer) < self._bytes(AHEAD_MS):
-                    break
-                self._wake = wake = trio.Event()
-            await wake.wait()
+        await self._wait_until(lambda: len(self._buffer) < self._bytes(AHEAD_MS))
         await trio.lowlevel.checkpoint()
 
     async def drain(self) -> None:
         """Play out the end of the reply and return once it has all left the buffer."""
+        if self._stream is None:
+            await trio.lowlevel.checkpoint()
+            return
         tail = self._convert.convert(b"", last=True)
         with self._lock:
             self._buffer += tail
             self._ending = True
-        while True:
-            with self._lock:
-                if not self._buffer:
-                    self._priming = True
-                    break
-                self._wake = wake = trio.Event()
-            await wake.wait()
+        await self._wait_until(lambda: not self._buffer)
+        with self._lock:
+            self._priming = True
         # What was handed last is still in the device's own buffer for this long.
         await trio.sleep(self._latency)
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` (checked under the lock), or until the device stalls."""
+        with trio.move_on_after(STALL):
+            while True:
+                with self._lock:
+                    if ready():
+                        return
+                    self._wake = wake = trio.Event()
+                await wake.wait()
+
+    def _bytes(self, ms: float) -> int:
+        return int(self._format.rate * ms / 1000) * self._format.frame_bytes
 
     def stop(self) -> None:
         """Stop now: fade out what is about to play, drop the rest."""
@@ -266,30 +377,36 @@ class PyAudioSink:
     def _in_flight(self) -> float:
         """Seconds of handed audio still in the device's buffer (caller holds the lock)."""
         since = time.monotonic() - self._last_handed_at
-        return min(self._handed / self._format.rate, max(0.0, self._latency - since))
+        return min(self._played, max(0.0, self._latency - since))
 
     def played_seconds(self) -> float:
         with self._lock:
-            return self._handed / self._format.rate - self._in_flight()
+            return self._played - self._in_flight()
 
     def queued_seconds(self) -> float:
         with self._lock:
             buffered = len(self._buffer) / self._format.frame_bytes / self._format.rate
             return buffered + self._in_flight()
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "underruns": self.underruns,
-            "xruns": self.xruns,
-            "volume": self.volume,
-        }
-
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_close, stream, pa)
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "error": self._retry.error,
+            "underruns": self.underruns,
+            "xruns": self.xruns,
+            "dropped_ms": round(self.dropped_ms),
+            "reopens": self._retry.reopens,
+            "volume": self.volume,
+        }
+
+    async def aclose(self) -> None:
+        await self._close()
 
 
 def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
@@ -326,12 +443,19 @@ def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | Non
 
 
 def _close(stream: Any, pa: Any) -> None:
-    with LOCK:
+    with LOCK, quiet_stderr():
         try:
             stream.stop_stream()
             stream.close()
+        except OSError:
+            pass  # the device is gone: there is nothing left to stop
         finally:
             pa.terminate()
+
+
+def _terminate(pa: Any) -> None:
+    with LOCK:
+        pa.terminate()
 
 
 if TYPE_CHECKING:  # mypy checks that the backend fits the device interfaces
