@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SIM_KEY, free_port, tone, write_wav
 
-COMMANDS = ["run", "ask", "sim", "devices", "check-config", "plugins"]
+COMMANDS = ["run", "ask", "sim", "devices", "doctor", "check-config", "plugins"]
 
 
 def voiced(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -199,10 +199,53 @@ def test_the_key_never_reaches_the_logs(tmp_path: Path, sim_url: str) -> None:
         ),
         (
             ["bogus"],
-            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'check-config', 'plugins') (see 'voiced --help')",
+            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'doctor', 'check-config', 'plugins') (see 'voiced --help')",
         ),
     ],
 )
 def test_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> None:
     result = voiced(*args)
     assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+
+
+def test_doctor_all_good(tmp_path: Path) -> None:
+    mic = write_wav(tmp_path / "mic.wav", tone(3.0))
+    cfg = config(
+        tmp_path,
+        "realtime: {url: sim}\n"
+        f"audio:\n  input: {{backend: wav, path: '{mic}'}}\n"
+        f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}'}}\n",
+    )
+    result = voiced("doctor", "--config", cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["ok", "config"],
+        ["ok", "realtime"],
+        ["ok", "microphone"],
+        ["ok", "speaker"],
+    ]
+    assert re.search(r"microphone  wav:\S+mic.wav: 2 s, peak -\d+\.\d dBFS", lines[2])
+    assert result.stderr == ""  # findings only, no log chatter
+
+
+def test_doctor_says_what_is_wrong_and_the_fix(tmp_path: Path, sim_url: str) -> None:
+    cfg = config(
+        tmp_path,
+        f"realtime: {{url: '{sim_url}'}}\nauth: {{api_key: sk-wrong-key-000}}\n"
+        f"audio:\n  input: {{backend: null}}\n  output: {{backend: null}}\n",
+    )
+    result = voiced("doctor", "--config", cfg)
+    assert result.returncode == 1
+    out = result.stdout
+    assert "FAIL  realtime    the server rejected the API key: Incorrect API key" in out
+    assert "FAIL  microphone  null: 2 s, peak -inf dBFS, rms -inf dBFS (silent)" in out
+    assert "fix: unmute it, raise its gain" in out
+    assert "ok    speaker" in out
+
+
+def test_doctor_on_a_bad_config(tmp_path: Path) -> None:
+    result = voiced("doctor", "--config", config(tmp_path, "realtime: {voise: x}\n"))
+    assert result.returncode == 1
+    assert result.stdout.startswith("FAIL  config      ")
+    assert "fix: edit the file" in result.stdout

@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         "audio.output.device.",
     )
 
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the config, the realtime endpoint, the microphone and the speaker",
+        description="Check that the config loads, the realtime endpoint answers the handshake "
+        "with a session, the microphone delivers two seconds of audio at a usable level, and "
+        "the speaker takes a test tone. Prints what is wrong and the fix; exits 1 if anything is.",
+    )
+    doctor.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
     check = sub.add_parser(
         "check-config",
         parents=[common],
@@ -192,6 +202,29 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import trio
+
+    from voiced.doctor import Finding, run_doctor
+
+    if not args.debug:  # the findings say it all; the log would repeat it
+        logging.getLogger().setLevel(logging.WARNING)
+
+    def say(finding: Finding) -> None:
+        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.check:<10}  {finding.seen}")
+        if finding.fix:
+            print(f"      {'':<10}  fix: {finding.fix}")
+        sys.stdout.flush()
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        say(Finding("config", False, str(exc), "edit the file; `voiced check-config` re-checks it"))
+        return 1
+    say(Finding("config", True, str(config.source)))
+    return 0 if trio.run(run_doctor, config, say) else 1
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from voiced.app import choose_url
     from voiced.plugins import Plugins
@@ -226,6 +259,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ask": _cmd_ask,
     "sim": _cmd_sim,
     "devices": _cmd_devices,
+    "doctor": _cmd_doctor,
     "check-config": _cmd_check_config,
     "plugins": _cmd_plugins,
 }
