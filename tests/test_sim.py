@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import itertools
 import json
 import logging
 import time
@@ -549,6 +550,38 @@ async def test_think_delays_the_reply_and_a_cancel_cuts_it_short(
             closing = await recv_until(ws, "response.done")
             assert trio.current_time() == asked
     assert closing[-1]["response"]["status"] == "cancelled"
+
+
+async def test_jitter_sends_uneven_deltas_unevenly(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        sim = Simulator(api_key=KEY, pace=1.0, jitter=0.04)
+        audio = pcm(2000)
+        async with open_memory_ws(sim) as ws:
+            await recv(ws)
+            await append(ws, audio)
+            await send(ws, {"type": "input_audio_buffer.commit"})
+            await recv_until(ws, "conversation.item.done")
+            await send(ws, {"type": "response.create"})
+            arrivals: list[tuple[float, int]] = []
+            while (event := await recv(ws))["type"] != "response.done":
+                if event["type"] == "response.output_audio.delta":
+                    size = len(base64.b64decode(event["delta"]))
+                    arrivals.append((trio.current_time(), size))
+    sizes = [size for _, size in arrivals]
+    gaps = [round(b[0] - a[0], 3) for a, b in itertools.pairwise(arrivals)]
+    assert len(set(sizes)) > 1  # uneven sizes...
+    assert (
+        len(
+            {round(gap / (size / 48000), 2) for gap, (_, size) in zip(gaps, arrivals, strict=False)}
+        )
+        > 1
+    )  # ...and timing
+    assert conn_reply(sim) == audio  # still the exact echo
+
+
+def conn_reply(sim: Simulator) -> bytes:
+    (reply,) = sim.connections[0].reply_audio
+    return reply
 
 
 async def test_cancel_with_nothing_active_is_harmless() -> None:

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--think", type=float, default=0.0, help="seconds before each reply starts (0)"
     )
+    sim.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="seconds each delta may come early or late, with uneven sizes (0)",
+    )
 
     sub.add_parser(
         "devices",
@@ -169,7 +175,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from voiced.sim import Simulator
 
     async def serve() -> None:
-        sim = Simulator(api_key=args.key, pace=args.pace, think=args.think)
+        sim = Simulator(api_key=args.key, pace=args.pace, think=args.think, jitter=args.jitter)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: sim.serve(
                 host=args.host, port=args.port, task_status=task_status

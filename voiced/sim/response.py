@@ -13,6 +13,7 @@ what the session hands in (an echo of the last commit); what was streamed is kep
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from voiced.sim.config import BYTES_PER_MS, SAMPLE_RATE
 from voiced.sim.conversation import Item
 
+UNEVEN = (0.4, 1.6, 1.0, 0.6, 1.4)
+"""Delta sizes, as factors of the chunk size, when they are uneven (averaging 1.0)."""
 TOKEN_LIMIT = 40000
 """The ``tokens`` rate limit reported in ``rate_limits.updated``."""
 
@@ -47,7 +50,8 @@ class ResponseRun:
         item: the assistant item, already added to the conversation.
         previous_item_id: the id of the item before ``item``.
         audio: the reply PCM to stream.
-        chunk_bytes: PCM per ``response.output_audio.delta``.
+        chunk_bytes: PCM per ``response.output_audio.delta`` (on average, when ``uneven``).
+        uneven: vary the deltas' sizes, as real traffic does.
         session: the effective session (voice, ``max_output_tokens``).
         input_tokens: (text, audio) tokens the response's input costs, for ``usage``.
     """
@@ -61,6 +65,7 @@ class ResponseRun:
         previous_item_id: str | None,
         audio: bytes,
         chunk_bytes: int,
+        uneven: bool = False,
         session: dict[str, Any],
         metadata: dict[str, str] | None,
         input_tokens: tuple[int, int],
@@ -75,6 +80,7 @@ class ResponseRun:
         self._previous_item_id = previous_item_id
         self._audio = audio
         self._chunk_bytes = chunk_bytes
+        self._uneven = uneven
         self._input_tokens = input_tokens
         self._transcript = ""
         voice = session["audio"]["output"]["voice"]
@@ -98,6 +104,16 @@ class ResponseRun:
             "output_index": 0,
             "content_index": 0,
         }
+
+    def _chunks(self) -> list[bytes]:
+        """The reply cut into deltas: all ``chunk_bytes`` long, or of varying sizes."""
+        sizes = itertools.cycle(UNEVEN if self._uneven else (1.0,))
+        chunks, offset = [], 0
+        while offset < len(self._audio):
+            size = max(2, int(self._chunk_bytes * next(sizes)) & ~1)  # whole samples
+            chunks.append(self._audio[offset : offset + size])
+            offset += size
+        return chunks
 
     def steps(self) -> Iterator[Step]:
         created = {**self._base, "status": "in_progress", "status_details": None}
@@ -125,10 +141,7 @@ class ResponseRun:
             ]
         )
         self.item.content = [{"type": "output_audio", "transcript": None}]
-        chunks = [
-            self._audio[offset : offset + self._chunk_bytes]
-            for offset in range(0, len(self._audio), self._chunk_bytes)
-        ]
+        chunks = self._chunks()
         words = _words(f"echo of {len(self._audio) // BYTES_PER_MS} ms")
         for index, chunk in enumerate(chunks):
             if self.cancel_requested:

@@ -15,6 +15,7 @@ import dataclasses
 import http
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,9 @@ class Simulator:
         chunk_ms: reply audio per ``response.output_audio.delta``.
         think: seconds (trio clock) from ``response.create`` to the response's first event, as
             a real model takes a moment before it answers.
+        jitter: seconds each pause between deltas may come early or late (uniformly, from a
+            seeded generator: the same every run), and deltas of uneven sizes, as over a real
+            network. 0: even sizes, exact pacing.
         faults: fault switches; ``Simulator.faults`` stays mutable.
     """
 
@@ -111,6 +115,7 @@ class Simulator:
         pace: float = 0.0,
         chunk_ms: int = 100,
         think: float = 0.0,
+        jitter: float = 0.0,
         faults: SimFaults | None = None,
     ) -> None:
         if pace < 0 or think < 0:
@@ -122,6 +127,7 @@ class Simulator:
         self._api_key = api_key
         self._pace = pace
         self._think = think
+        self._jitter = jitter
         self._chunk_ms = chunk_ms
 
     async def serve(
@@ -171,6 +177,7 @@ class Simulator:
             session_id=f"sess_{number:04d}",
             chunk_ms=self._chunk_ms,
             now=time.time(),
+            uneven=self._jitter > 0,
         )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -194,6 +201,7 @@ class Simulator:
             number=number,
             pace=self._pace,
             think=self._think,
+            jitter=self._jitter,
             faults=dataclasses.replace(self.faults),
         )
         try:
@@ -218,6 +226,7 @@ class _Handler:
         number: int,
         pace: float,
         think: float,
+        jitter: float,
         faults: SimFaults,
     ) -> None:
         self._number = number
@@ -226,6 +235,8 @@ class _Handler:
         self._ws = ws
         self._pace = pace
         self._think = think
+        self._jitter = jitter
+        self._random = random.Random(number)  # the same jitter on every run
         self._expire_after = faults.expire_after
         self._fail_event = faults.fail_event
         self._send_lock = trio.Lock()
@@ -319,7 +330,8 @@ class _Handler:
                 return
             # With pace 0 this is still a checkpoint, so the reader gets to handle a
             # response.cancel between any two deltas.
-            await self._pause(run, step.audio_seconds * self._pace)
+            late = self._random.uniform(-self._jitter, self._jitter) if step.audio_seconds else 0
+            await self._pause(run, max(0.0, step.audio_seconds * self._pace + late))
 
     async def _pause(self, run: ResponseRun, seconds: float) -> None:
         """Sleep, unless and until the response is asked to stop."""

@@ -70,9 +70,12 @@ class SimSession:
         session_id: ``sess_...`` for ``session.created``.
         chunk_ms: reply audio per ``response.output_audio.delta``.
         now: wall-clock Unix time, for ``expires_at``.
+        uneven: vary the sizes of the deltas around ``chunk_ms``.
     """
 
-    def __init__(self, *, api_key: str, session_id: str, chunk_ms: int, now: float) -> None:
+    def __init__(
+        self, *, api_key: str, session_id: str, chunk_ms: int, now: float, uneven: bool = False
+    ) -> None:
         self.received: list[dict[str, Any]] = []
         """Every client message that parsed as a JSON object, valid or not, in arrival order."""
         self.sent: list[dict[str, Any]] = []
@@ -87,6 +90,7 @@ class SimSession:
         self._session_id = session_id
         self._conversation_id = session_id.replace("sess_", "conv_", 1)
         self._chunk_bytes = chunk_ms * BYTES_PER_MS
+        self._uneven = uneven
         self._expires_at = int(now) + SESSION_DURATION_S
         self._buffer = bytearray()
         self._counters: dict[str, itertools.count[int]] = {}
@@ -290,6 +294,7 @@ class SimSession:
             previous_item_id=previous,
             audio=reply,
             chunk_bytes=self._chunk_bytes,
+            uneven=self._uneven,
             session=session,
             metadata=metadata,
             input_tokens=(text_tokens, audio_tokens),
