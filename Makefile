@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian / Raspberry Pi OS packages: a Python (3.11+) that can make virtualenvs.
 APT_PACKAGES := python3 python3-venv python3-dev
+# Only for `make test`: PortAudio's headers (PyAudio builds against them), a private PulseAudio
+# with null sinks for a sound card (tests/soundserver.py), and espeak-ng + sox for test speech.
+TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins portaudio19-dev espeak-ng sox
 
-.PHONY: run test system lint
+.PHONY: run test system test-system lint
 
 system:
 	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
@@ -21,7 +24,16 @@ $(BIN)/voiced: pyproject.toml | system
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-$(VENV)/.test-deps: $(BIN)/voiced
+test-system:
+	@if [ "$$(dpkg -s $(TEST_APT_PACKAGES) 2>/dev/null | grep -c '^Status: install ok installed')" \
+	    -ne "$(words $(TEST_APT_PACKAGES))" ]; then \
+	  echo "installing $(TEST_APT_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES); \
+	fi
+
+$(VENV)/.test-deps: $(BIN)/voiced | test-system
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 

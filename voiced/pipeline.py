@@ -124,7 +124,7 @@ async def open_pipeline(
             inbound_send.clone(),
         )
         core.start_soon(run_decode, decode_recv, play_send)
-        core.start_soon(player.run, play_recv, inbound_send.clone())
+        await core.start(player.run, play_recv, inbound_send.clone())
         async with trio.open_nursery() as edge:
             if source is not None:
                 await edge.start(source.run, inbound_send.clone())

@@ -176,6 +176,10 @@ class Session:
                 return
             if not starts and msg.command is not Command.CANCEL:
                 self._marks.setdefault("commit_pressed", trio.current_time())
+            if self.controller.state is State.SPEAKING and msg.command is not Command.COMMIT:
+                # Stop the speaker before reading its position: the device keeps taking audio
+                # meanwhile, and the truncate must say exactly what came out.
+                self._player.stop(None)
             await self._apply(self.controller.command(msg, self._player.position()))
         elif isinstance(msg, EndOfReply):
             await self._apply(self.controller.playback_done(msg.response_id))

@@ -61,10 +61,11 @@ class AudioSink(Protocol):
         """Stop at once (within a few milliseconds, without a click); drop what is queued."""
 
     def played_seconds(self) -> float:
-        """Seconds of audio that have come out of the speaker since it opened."""
+        """Seconds of audio played since the sink opened: out of the speaker, or handed to the
+        device so that it will be, even if ``stop`` is called now."""
 
     def queued_seconds(self) -> float:
-        """Seconds of audio taken but not yet heard."""
+        """Seconds of audio taken but not yet handed to the device (``stop`` drops them)."""
 
     def statistics(self) -> dict[str, object]:
         """Name, format and counters for ``/status`` (``underruns`` for a real device)."""

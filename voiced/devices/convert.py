@@ -48,6 +48,11 @@ class FromDevice:
             None if fmt.rate == RATE else soxr.ResampleStream(fmt.rate, RATE, 1, "float32", QUALITY)
         )
 
+    @property
+    def delay_ms(self) -> float:
+        """Audio taken in but held back by the resampler (its filter's look-ahead)."""
+        return 0.0 if self._resampler is None else float(self._resampler.delay()) * 1000 / RATE
+
     def convert(self, data: bytes) -> bytes:
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
         if self.format.channels > 1:

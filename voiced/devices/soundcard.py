@@ -45,7 +45,7 @@ FADE_MS = 10
 AHEAD_MS = 200
 """The most reply audio queued for the speaker before ``play`` waits."""
 FLUSH_TIMEOUT = 0.2
-"""Seconds a commit waits for the microphone's next block before going without it."""
+"""Seconds a command waits for the microphone's tail before going without it."""
 STALL = 1.0
 """Seconds without a callback after which a device is taken for gone and reopened."""
 RETRY_START, RETRY_MAX = 0.5, 10.0
@@ -108,6 +108,8 @@ class PyAudioSource:
         self.xruns = 0
         self._retry = _Retry("microphone")
         self._frames: trio.MemorySendChannel[AudioFrame] | None = None
+        self._convert: FromDevice | None = None
+        self._blocks = 0  # blocks the device has delivered
         self._arrived = trio.Event()
 
     async def run(
@@ -117,17 +119,24 @@ class PyAudioSource:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with frames:
-            # Ready at once: the daemon runs, and says what is missing, while a device is away.
-            task_status.started()
+            ready: trio.TaskStatus[None] | None = task_status
             while True:
                 try:
-                    await self._stream_until_lost(frames)
+                    await self._stream_until_lost(frames, ready)
                 except DeviceError as exc:
-                    await trio.sleep(self._retry.failed(exc))
+                    delay = self._retry.failed(exc)
+                    if ready is not None:
+                        # The daemon runs, and says what is missing, while a device is away.
+                        ready.started()
+                    ready = None
+                    await trio.sleep(delay)
 
-    async def _stream_until_lost(self, frames: trio.MemorySendChannel[AudioFrame]) -> None:
+    async def _stream_until_lost(
+        self, frames: trio.MemorySendChannel[AudioFrame], ready: trio.TaskStatus[None] | None
+    ) -> None:
+        """Open the device, report ``ready`` (first time only), stream until it stops."""
         pa, device, fmt = await _open("input", self.config)
-        convert = FromDevice(fmt, self.config.gain)
+        self._convert = convert = FromDevice(fmt, self.config.gain)
         token = trio.lowlevel.current_trio_token()
 
         # Every block pushes this deadline back; if none comes for STALL seconds, it expires.
@@ -135,6 +144,7 @@ class PyAudioSource:
 
         def push(data: bytes, status: int) -> None:  # on the trio thread
             watchdog.deadline = trio.current_time() + STALL
+            self._blocks += 1
             if status & pyaudio.paInputOverflow:
                 self.xruns += 1
             try:
@@ -172,6 +182,8 @@ class PyAudioSource:
         self.name = f"pyaudio:{device.name} ({fmt})"
         self._retry.opened(self.name)
         self._frames = frames
+        if ready is not None:
+            ready.started()
         try:
             watchdog.deadline = trio.current_time() + STALL
             with watchdog:
@@ -192,12 +204,15 @@ class PyAudioSource:
         }
 
     async def flush(self) -> None:
-        """Wait for the device's next block: it holds what was heard up to now."""
-        if self._frames is None:
+        """Wait until what was heard up to now has come out of the device and the resampler:
+        the next block, and as many more as the resampler holds back."""
+        if self._frames is None or self._convert is None:
             return
-        self._arrived = trio.Event()
+        wanted = self._blocks + 1 + math.ceil(self._convert.delay_ms / BLOCK_MS)
         with trio.move_on_after(FLUSH_TIMEOUT):
-            await self._arrived.wait()
+            while self._blocks < wanted:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
 
 
 class PyAudioSink:
@@ -225,7 +240,6 @@ class PyAudioSink:
         self._priming = True  # gathering jitter_ms before a reply starts
         self._ending = False  # the reply is complete: play out the rest without waiting
         self._played = 0.0  # seconds of reply audio (not padding) handed to PortAudio
-        self._last_handed_at = 0.0  # monotonic time reply audio was last handed
         self._last_callback_at = 0.0  # monotonic time PortAudio last asked for audio
         self._wake: trio.Event | None = None
         # Owned by the trio side:
@@ -275,7 +289,10 @@ class PyAudioSink:
                 self._last_callback_at = time.monotonic()
                 if status & pyaudio.paOutputUnderflow:
                     self.xruns += 1
-                if self._priming and len(self._buffer) < self._jitter_bytes and not self._ending:
+                # A reply starts once jitter_ms is queued beyond the block taken now, so that
+                # the next delta has jitter_ms to arrive before the buffer runs dry.
+                ready = len(self._buffer) >= self._jitter_bytes + need
+                if self._priming and not ready and not self._ending:
                     out = b""
                 else:
                     self._priming = False
@@ -286,7 +303,6 @@ class PyAudioSink:
                         self._priming = True
                     if out:
                         self._played += len(out) / frame_bytes / rate
-                        self._last_handed_at = self._last_callback_at
                 if self._wake is not None and len(self._buffer) < ahead:
                     wake, self._wake = self._wake, None
                     try:
@@ -374,19 +390,14 @@ class PyAudioSink:
             self._ending = False
         self._convert.reset()
 
-    def _in_flight(self) -> float:
-        """Seconds of handed audio still in the device's buffer (caller holds the lock)."""
-        since = time.monotonic() - self._last_handed_at
-        return min(self._played, max(0.0, self._latency - since))
-
     def played_seconds(self) -> float:
+        # Handed to PortAudio: it comes out of the speaker even if stop() is called now.
         with self._lock:
-            return self._played - self._in_flight()
+            return self._played
 
     def queued_seconds(self) -> float:
         with self._lock:
-            buffered = len(self._buffer) / self._format.frame_bytes / self._format.rate
-            return buffered + self._in_flight()
+            return len(self._buffer) / self._format.frame_bytes / self._format.rate
 
     async def _close(self) -> None:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None

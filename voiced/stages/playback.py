@@ -49,6 +49,8 @@ class Player:
         self,
         inbound: trio.abc.ReceiveChannel[ReplyAudio | EndOfReply | Earcon],
         done: trio.abc.SendChannel[EndOfReply],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Play until ``inbound`` closes, then close the speaker.
 
@@ -61,6 +63,7 @@ class Player:
         async with inbound, done:
             try:
                 await self.sink.open()
+                task_status.started()
                 async for item in inbound:
                     if isinstance(item, Earcon):
                         for start in range(0, len(item.pcm), block):

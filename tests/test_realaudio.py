@@ -1,0 +1,242 @@
+"""voiced through PyAudio on a real sound server: PulseAudio with null sinks for sound cards.
+
+Speech (espeak-ng) is played into a fake microphone and must reach the simulator intact; what
+the fake speaker plays is recorded and must equal what the server sent. A few waits here are a
+person's pace (speaking for a while before pressing, letting an answer play): those are the
+scenario, not waiting for the software.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soxr
+import trio
+
+from tests.conftest import SIM_KEY, config_file, free_port
+from tests.soundserver import (
+    Device,
+    SoundServer,
+    align,
+    missing_programs,
+    running_soundserver,
+    samples,
+    speech,
+    to_pcm,
+)
+from voiced.app import run_daemon
+from voiced.config import load_config
+from voiced.events import Event, StateChanged
+from voiced.pipeline import Pipeline
+from voiced.sim import SimConnection, Simulator
+from voiced.turn import State
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_programs()), reason=f"needs a sound server: missing {missing_programs()}"
+)
+
+DEVICES = (
+    Device("mic"),
+    Device("spk"),
+    Device("mic16", 16000),
+    Device("mic44", 44100),
+    Device("mic48s", 48000, 2),
+    Device("spk48s", 48000, 2),
+)
+UTTERANCE = "what is the weather like in the kitchen today"
+
+
+@pytest.fixture(scope="module")
+def sound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoundServer]:
+    with running_soundserver(tmp_path_factory.mktemp("sound"), DEVICES) as server:
+        yield server
+
+
+@asynccontextmanager
+async def daemon(
+    tmp_path: Path,
+    sim: Simulator,
+    *,
+    mic: str = "mic",
+    spk: str = "spk",
+    audio: str = "",
+) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.MemoryReceiveChannel[Event]]]:
+    """``voiced run`` on the sound server's devices, talking to ``sim``."""
+    port = free_port()
+    async with trio.open_nursery() as nursery:
+        sim_port = await nursery.start(sim.serve)
+        path = config_file(
+            tmp_path,
+            f"realtime: {{url: 'ws://127.0.0.1:{sim_port}/v1/realtime'}}\n"
+            f"auth: {{api_key: {SIM_KEY}}}\n"
+            f"audio:\n  input: {{backend: pyaudio, device: {mic}{audio_in(audio)}}}\n"
+            f"  output: {{backend: pyaudio, device: {spk}{audio_out(audio)}}}\n"
+            "  earcons: false\n"
+            f"plugins:\n  http: {{port: {port}}}\n",
+        )
+        stop = trio.Event()
+        pipe: Pipeline = await nursery.start(
+            partial(run_daemon, load_config(path), shutdown_trigger=stop.wait)
+        )
+        events = pipe.broadcast.subscribe("test")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await pipe.session.ready.wait()
+            yield pipe, client, events
+        stop.set()
+        nursery.cancel_scope.cancel()
+
+
+def audio_in(extra: str) -> str:
+    return extra.split("|")[0] if extra else ""
+
+
+def audio_out(extra: str) -> str:
+    return extra.split("|")[1] if "|" in extra else ""
+
+
+async def until(events: trio.MemoryReceiveChannel[Event], state: State) -> None:
+    async for event in events:
+        if isinstance(event, StateChanged) and event.new is state:
+            return
+    raise AssertionError("events ended")
+
+
+async def say(
+    sound: SoundServer,
+    http: httpx.AsyncClient,
+    events: trio.MemoryReceiveChannel[Event],
+    pcm: bytes,
+    *,
+    sink: str = "mic",
+    rate: int = 24000,
+    channels: int = 1,
+    early: float = 0.2,
+) -> None:
+    """A person starts speaking ``early`` seconds before pressing, and releases after."""
+    player = await trio.to_thread.run_sync(sound.start_playing, sink, pcm, rate, channels)
+    await trio.sleep(early)  # already speaking when the button goes down
+    await http.post("/start")
+    await until(events, State.LISTENING)
+    await trio.to_thread.run_sync(player.wait)
+    await trio.sleep(0.2)  # the button comes up a moment after the last word
+    await http.post("/commit")
+
+
+def connection(sim: Simulator) -> SimConnection:
+    (conn,) = sim.connections
+    return conn
+
+
+async def test_speech_reaches_the_server_intact_with_preroll(
+    sound: SoundServer, tmp_path: Path
+) -> None:
+    utterance = speech(UTTERANCE)
+    sim = Simulator(api_key=SIM_KEY)
+    with trio.fail_after(30):
+        async with daemon(tmp_path, sim) as (_pipe, http, events):
+            await say(sound, http, events, utterance)
+            await until(events, State.IDLE)
+    (heard,) = connection(sim).committed_audio
+    # The whole utterance is there, the 200 ms spoken before the press included (pre-roll).
+    lag, correlation = align(samples(utterance), samples(heard))
+    assert correlation >= 0.999
+    assert lag * 2 < 48 * 300  # it starts within the pre-roll
+
+
+@pytest.mark.parametrize(
+    ("device", "rate", "channels"),
+    [("mic16", 16000, 1), ("mic44", 44100, 1), ("mic48s", 48000, 2)],
+)
+async def test_devices_at_other_rates_and_channels(
+    sound: SoundServer, tmp_path: Path, device: str, rate: int, channels: int
+) -> None:
+    utterance = samples(speech(UTTERANCE)).astype(np.float32)
+    at_device = soxr.resample(utterance, 24000, rate, "VHQ")
+    played = to_pcm(np.repeat(at_device[:, None], channels, axis=1))
+    # What can come back: the utterance as the device's rate can carry it, brought back to
+    # 24 kHz the way voiced does (soxr, high quality).
+    reference = soxr.resample(at_device, rate, 24000, "HQ")
+    sim = Simulator(api_key=SIM_KEY)
+    with trio.fail_after(30):
+        async with daemon(
+            tmp_path, sim, mic=device, audio=f", rate: {rate}, channels: {channels}|"
+        ) as (_pipe, http, events):
+            await say(sound, http, events, played, sink=device, rate=rate, channels=channels)
+            await until(events, State.IDLE)
+            status = (await http.get("/status")).json()
+    assert status["audio"]["input"]["name"] == f"pyaudio:{device} ({rate} Hz, {channels} ch)"
+    (heard,) = connection(sim).committed_audio
+    _, correlation = align(reference, samples(heard))
+    # voiced's own conversion is exact (tests/test_convert.py); through ALSA's pulse plugin the
+    # capture measures 0.987 to 1.0 depending on the format (48 kHz mono is the lowest).
+    assert correlation >= 0.98
+
+
+@pytest.mark.parametrize(
+    ("speaker", "fmt", "fidelity"),
+    [
+        ("spk", ", rate: 24000", 0.9999),  # no resampling anywhere: exact but for the mixing
+        ("spk48s", ", rate: 48000, channels: 2", 0.99),  # resampled by voiced, then by the test
+    ],
+)
+async def test_reply_plays_gapless_from_jittered_uneven_deltas(
+    sound: SoundServer, tmp_path: Path, speaker: str, fmt: str, fidelity: float
+) -> None:
+    utterance = speech(UTTERANCE)
+    # Deltas of uneven sizes, each up to 40 ms early or late; on average twice as fast as real
+    # time, as the real service sends them.
+    sim = Simulator(api_key=SIM_KEY, pace=0.5, jitter=0.04)
+    recording = await trio.to_thread.run_sync(sound.record, f"{speaker}.monitor")
+    with trio.fail_after(30):
+        async with daemon(tmp_path, sim, spk=speaker, audio=f"|{fmt}") as (_pipe, http, events):
+            await say(sound, http, events, utterance)
+            await until(events, State.SPEAKING)
+            await until(events, State.IDLE)
+            status = (await http.get("/status")).json()
+    played = await trio.to_thread.run_sync(recording.stop)
+    (reply,) = connection(sim).reply_audio
+    # Every sample the server sent came out, in one piece: a gap anywhere would break the match.
+    _, correlation = align(samples(reply), samples(played))
+    assert correlation >= fidelity
+    assert status["audio"]["output"]["underruns"] == 0
+
+
+async def test_barge_in_stops_the_speaker_and_truncates_at_what_was_heard(
+    sound: SoundServer, tmp_path: Path
+) -> None:
+    utterance = speech(UTTERANCE)  # its echo is the reply: about 3 s
+    sim = Simulator(api_key=SIM_KEY, pace=0.5)
+    recording = await trio.to_thread.run_sync(sound.record, "spk.monitor")
+    with trio.fail_after(30):
+        async with daemon(tmp_path, sim, audio="|, rate: 24000") as (_pipe, http, events):
+            await say(sound, http, events, utterance)
+            await until(events, State.SPEAKING)
+            await trio.sleep(1.0)  # the person listens for a second, then interrupts
+            await http.post("/start")
+            await until(events, State.LISTENING)
+            await trio.sleep(0.5)  # the speaker stays quiet from here on
+            await http.post("/cancel")
+            await until(events, State.IDLE)
+    played = samples(await trio.to_thread.run_sync(recording.stop))
+    conn = connection(sim)
+    (truncate,) = [e for e in conn.received if e["type"] == "conversation.item.truncate"]
+    reply = samples(conn.reply_audio[0])
+    start, correlation = align(reply[: 24000 // 2], played)  # where the reply began
+    assert correlation >= 0.999
+    # How much of the reply came out: up to the last sound (its fade included). The keep-alive
+    # mixes in exact zeros, so after the stop the recording is exactly silent.
+    heard = played[start : start + len(reply)].astype(np.int32)
+    came_out = int(np.flatnonzero(heard)[-1]) + 1
+    came_out_ms = came_out / 24
+    assert 700 <= came_out_ms <= 1300  # about the second the person listened
+    # Up to the fade (at most 10 ms), exactly what the server sent.
+    exact = came_out - 24 * 10
+    assert np.array_equal(heard[:exact], reply[:exact])
+    # The truncate says what came out, within 20 ms; so the speaker stopped at the press.
+    assert abs(truncate["audio_end_ms"] - came_out_ms) <= 20
