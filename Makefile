@@ -3,35 +3,43 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian / Raspberry Pi OS packages: a Python (3.11+) that can make virtualenvs.
-APT_PACKAGES := python3 python3-venv python3-dev
-# Only for `make test`: PortAudio's headers (PyAudio builds against them), a private PulseAudio
-# with null sinks for a sound card (tests/soundserver.py), and espeak-ng + sox for test speech.
-TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins portaudio19-dev espeak-ng sox
+# Debian / Raspberry Pi OS packages: a Python (3.11+) that can make virtualenvs, when the
+# machine's python3 cannot; and what PyAudio builds with (real sound devices).
+PYTHON_APT_PACKAGES := python3 python3-venv python3-dev
+AUDIO_APT_PACKAGES := gcc portaudio19-dev
+# Only for `make test`: a private PulseAudio with null sinks for a sound card
+# (tests/soundserver.py), and espeak-ng + sox for test speech.
+TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox
 
-.PHONY: run test system test-system lint
+# Install the Debian packages of $(1) that are missing (as root, or with sudo).
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: run test system python-system test-system lint
 
 system:
-	@if ! $(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
-	  echo "installing $(APT_PACKAGES)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(APT_PACKAGES); \
-	fi
+	@$(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
+	  || $(MAKE) --no-print-directory python-system
+	$(call apt_install,$(AUDIO_APT_PACKAGES))
+
+python-system:
+	$(call apt_install,$(PYTHON_APT_PACKAGES))
 
 $(BIN)/voiced: pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[audio]'
 	@touch $@
 
 test-system:
-	@if [ "$$(dpkg -s $(TEST_APT_PACKAGES) 2>/dev/null | grep -c '^Status: install ok installed')" \
-	    -ne "$(words $(TEST_APT_PACKAGES))" ]; then \
-	  echo "installing $(TEST_APT_PACKAGES)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES); \
-	fi
+	$(call apt_install,$(TEST_APT_PACKAGES))
 
 $(VENV)/.test-deps: $(BIN)/voiced | test-system
 	$(BIN)/pip install -q -e '.[test]'

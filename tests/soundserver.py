@@ -692,8 +692,9 @@ def align(
     cross = cross[: n - m + 1]  # cross[k] = sum(rec[k + i] * ref[i])
     energy = np.concatenate(([0.0], np.cumsum(rec * rec)))
     window = energy[m:] - energy[:-m]
-    # Below one LSB of RMS (or the cumulative sum's rounding) a window counts as silence.
-    floor = m + energy[-1] * 1e-12
+    # A window far quieter than the reference counts as silence: there the FFT's rounding
+    # error, divided by a tiny energy, would otherwise outscore the true match.
+    floor = max(m + energy[-1] * 1e-12, 1e-3 * ref_energy)
     score = np.where(window > floor, cross / np.sqrt(np.maximum(window, floor)), 0.0)
     lag = int(np.argmax(score))
     segment = rec[lag : lag + m]

@@ -199,6 +199,8 @@ async def test_reply_plays_gapless_from_jittered_uneven_deltas(
             await until(events, State.SPEAKING)
             await until(events, State.IDLE)
             status = (await http.get("/status")).json()
+    # The device still holds the last few ms when playback is done: record 200 ms more.
+    await trio.to_thread.run_sync(recording.wait_for, recording.nbytes + 2 * 24000 // 5)
     played = await trio.to_thread.run_sync(recording.stop)
     (reply,) = connection(sim).reply_audio
     # Every sample the server sent came out, in one piece: a gap anywhere would break the match.

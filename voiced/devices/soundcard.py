@@ -42,8 +42,9 @@ BLOCK_MS = 20
 """Audio per PortAudio callback."""
 FADE_MS = 10
 """How long a stop fades out: short enough to feel instant, long enough not to click."""
-AHEAD_MS = 200
-"""The most reply audio queued for the speaker before ``play`` waits."""
+AHEAD_MS = 500
+"""The most reply audio queued for the speaker before ``play`` waits: a cushion against a device
+that takes audio in bursts (a stop drops it all, so it costs no latency)."""
 FLUSH_TIMEOUT = 0.2
 """Seconds a command waits for the microphone's tail before going without it."""
 STALL = 1.0
