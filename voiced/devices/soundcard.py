@@ -98,6 +98,18 @@ class _Retry:
         self._delay = RETRY_START
 
 
+class _Once:
+    """A task status that may be reported ready more than once; only the first counts."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status: trio.TaskStatus[None] | None = task_status
+
+    def started(self) -> None:
+        if self._task_status is not None:
+            self._task_status.started()
+            self._task_status = None
+
+
 class PyAudioSource:
     """A microphone that survives its device going away: a missing device at startup, or one
     that stops delivering audio (unplugged, a sound server restart), is reopened with backoff."""
@@ -120,22 +132,19 @@ class PyAudioSource:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with frames:
-            ready: trio.TaskStatus[None] | None = task_status
+            ready = _Once(task_status)
             while True:
                 try:
                     await self._stream_until_lost(frames, ready)
                 except DeviceError as exc:
                     delay = self._retry.failed(exc)
-                    if ready is not None:
-                        # The daemon runs, and says what is missing, while a device is away.
-                        ready.started()
-                    ready = None
+                    ready.started()  # the daemon runs, and says what is missing, meanwhile
                     await trio.sleep(delay)
 
     async def _stream_until_lost(
-        self, frames: trio.MemorySendChannel[AudioFrame], ready: trio.TaskStatus[None] | None
+        self, frames: trio.MemorySendChannel[AudioFrame], ready: _Once
     ) -> None:
-        """Open the device, report ``ready`` (first time only), stream until it stops."""
+        """Open the device, report ``ready`` (the first time), stream until it stops."""
         pa, device, fmt = await _open("input", self.config)
         self._convert = convert = FromDevice(fmt, self.config.gain)
         token = trio.lowlevel.current_trio_token()
@@ -183,8 +192,7 @@ class PyAudioSource:
         self.name = f"pyaudio:{device.name} ({fmt})"
         self._retry.opened(self.name)
         self._frames = frames
-        if ready is not None:
-            ready.started()
+        ready.started()
         try:
             watchdog.deadline = trio.current_time() + STALL
             with watchdog:

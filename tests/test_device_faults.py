@@ -1,0 +1,103 @@
+"""A sound device that goes away and comes back: voiced recovers without a restart.
+
+The sound server is stopped under the running daemon (every device vanishes, as when a USB card
+is pulled) and started again. Device health is not an event yet, so these tests poll
+``/status`` (bounded by ``fail_after``) where they wait for the daemon to notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import SIM_KEY, config_file, free_port
+from tests.soundserver import SoundServer, missing_programs, running_soundserver, speech
+from voiced.app import run_daemon
+from voiced.config import load_config
+from voiced.events import StateChanged
+from voiced.pipeline import Pipeline
+from voiced.sim import Simulator
+from voiced.turn import State
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_programs()), reason=f"needs a sound server: missing {missing_programs()}"
+)
+
+
+@pytest.fixture
+def sound(tmp_path: Path) -> Iterator[SoundServer]:
+    with running_soundserver(tmp_path / "sound") as server:
+        yield server
+
+
+async def status_until(
+    http: httpx.AsyncClient, ok: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    while True:
+        status: dict[str, Any] = (await http.get("/status")).json()
+        if ok(status):
+            return status
+        await trio.sleep(0.05)  # polling: device health has no event to wait on
+
+
+async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) -> None:
+    sim = Simulator(api_key=SIM_KEY)
+    port = free_port()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            sim_port = await nursery.start(sim.serve)
+            config = load_config(
+                config_file(
+                    tmp_path,
+                    f"realtime: {{url: 'ws://127.0.0.1:{sim_port}/v1/realtime'}}\n"
+                    f"auth: {{api_key: {SIM_KEY}}}\n"
+                    "audio:\n  input: {backend: pyaudio, device: mic}\n"
+                    "  output: {backend: pyaudio, device: spk, rate: 24000}\n"
+                    "  earcons: false\n"
+                    f"plugins:\n  http: {{port: {port}}}\n",
+                )
+            )
+            stop = trio.Event()
+            pipe: Pipeline = await nursery.start(
+                partial(run_daemon, config, shutdown_trigger=stop.wait)
+            )
+            events = pipe.broadcast.subscribe("test")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                await pipe.session.ready.wait()
+                await trio.to_thread.run_sync(sound.stop)  # the card is pulled
+                # The microphone notices (its blocks stop) and says why; the daemon stays up.
+                status = await status_until(http, lambda s: s["audio"]["input"]["error"])
+                assert "stopped delivering audio" in status["audio"]["input"]["error"] or (
+                    "there are: none" in status["audio"]["input"]["error"]
+                )
+                assert (await http.get("/healthz")).status_code == 200
+                await trio.to_thread.run_sync(sound.start)  # and plugged back in
+                status = await status_until(
+                    http,
+                    lambda s: (
+                        s["audio"]["input"]["error"] is None and s["audio"]["input"]["reopens"] >= 1
+                    ),
+                )
+                # A whole turn works again: heard, answered, played.
+                utterance = speech("are you back")
+                player = await trio.to_thread.run_sync(sound.start_playing, "mic", utterance)
+                await http.post("/start")
+                await trio.to_thread.run_sync(player.wait)
+                await trio.sleep(0.2)  # the button comes up a moment after the last word
+                await http.post("/commit")
+                async for event in events:
+                    if isinstance(event, StateChanged) and event.new is State.IDLE:
+                        break
+                status = (await http.get("/status")).json()
+                assert status["last_turn"]["outcome"] == "completed"
+                assert status["audio"]["output"]["error"] is None
+                assert status["audio"]["output"]["reopens"] >= 1  # the speaker came back too
+            stop.set()
+            nursery.cancel_scope.cancel()
+    assert len(sim.connections[0].committed_audio[0]) >= len(utterance)
