@@ -2,7 +2,7 @@
 
 PortAudio probes ALSA and JACK when it starts and prints dozens of lines of their chatter on
 stderr; those are silenced here (ALSA's error handler, and standard error during the probe).
-Every call here blocks: run them in a worker thread, holding ``LOCK``: PortAudio is not
+Every call here blocks: run them in a worker thread, holding ``portaudio_lock``: PortAudio is not
 thread-safe, and two streams closing at once in two threads corrupted its heap. PortAudio lists
 devices once, when ``PyAudio()`` is created, so a device plugged in later needs a new instance.
 """
@@ -24,8 +24,27 @@ from voiced.errors import DeviceError
 
 Kind = Literal["input", "output"]
 
-LOCK = threading.Lock()
-"""Held for every blocking PortAudio call (open, close, probe, terminate), from any thread."""
+_LOCK = threading.Lock()
+LOCK_TIMEOUT = 10.0
+"""Seconds to wait for another PortAudio call before taking PortAudio for stuck."""
+
+
+@contextmanager
+def portaudio_lock() -> Iterator[None]:
+    """Held for every blocking PortAudio call (open, close, probe, terminate), from any thread.
+
+    Raises:
+        DeviceError: another call has held it for ``LOCK_TIMEOUT``: PortAudio hangs (closing a
+            stream on a device that vanished the instant it started can) and only a restart
+            of voiced frees it.
+    """
+    if not _LOCK.acquire(timeout=LOCK_TIMEOUT):
+        raise DeviceError("PortAudio is stuck closing a device that went away: restart voiced")
+    try:
+        yield
+    finally:
+        _LOCK.release()
+
 
 _ALSA_HANDLER: Any = None  # kept alive for as long as libasound may call it
 

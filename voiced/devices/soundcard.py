@@ -27,11 +27,11 @@ from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
 from voiced.devices.portaudio import (
-    LOCK,
     choose_format,
     find_device,
     list_devices,
     open_portaudio,
+    portaudio_lock,
     quiet_stderr,
 )
 from voiced.errors import DeviceError
@@ -49,6 +49,8 @@ FLUSH_TIMEOUT = 0.2
 """Seconds a command waits for the microphone's tail before going without it."""
 STALL = 1.0
 """Seconds without a callback after which a device is taken for gone and reopened."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for PortAudio to close a stream."""
 RETRY_START, RETRY_MAX = 0.5, 10.0
 """Seconds between tries to reopen a device: doubling from the first to the cap."""
 
@@ -57,7 +59,7 @@ async def _open(kind: str, config: AudioInputConfig | AudioOutputConfig) -> tupl
     """A PortAudio instance, the configured device, and the format to open it with."""
 
     def work() -> tuple[Any, Any, Any]:
-        with LOCK:
+        with portaudio_lock():
             pa = open_portaudio()
             try:
                 device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
@@ -173,7 +175,7 @@ class PyAudioSource:
             return None, pyaudio.paContinue
 
         def start() -> Any:
-            with LOCK, quiet_stderr():
+            with portaudio_lock(), quiet_stderr():
                 return pa.open(
                     format=pyaudio.paInt16,
                     channels=fmt.channels,
@@ -201,7 +203,7 @@ class PyAudioSource:
         finally:
             self._frames = None
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close, stream, pa)
+                await _close_in_thread(stream, pa)
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -321,7 +323,7 @@ class PyAudioSink:
             return out + b"\0" * (need - len(out)), pyaudio.paContinue
 
         def start() -> tuple[Any, float]:
-            with LOCK, quiet_stderr():
+            with portaudio_lock(), quiet_stderr():
                 stream = pa.open(
                     format=pyaudio.paInt16,
                     channels=fmt.channels,
@@ -412,7 +414,7 @@ class PyAudioSink:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None
         if stream is not None:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close, stream, pa)
+                await _close_in_thread(stream, pa)
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -431,7 +433,7 @@ class PyAudioSink:
 
 def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
     """Why the configured device of this kind cannot be used, or None if it opens. Blocking."""
-    with LOCK:
+    with portaudio_lock():
         return _probe(kind, config)
 
 
@@ -462,8 +464,16 @@ def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | Non
     return None
 
 
+async def _close_in_thread(stream: Any, pa: Any) -> None:
+    """Close a stream; if PortAudio hangs doing it, give up waiting (and say so)."""
+    with trio.move_on_after(CLOSE_TIMEOUT) as waited:
+        await trio.to_thread.run_sync(_close, stream, pa, abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        log.error("closing an audio stream hung in PortAudio; left behind")
+
+
 def _close(stream: Any, pa: Any) -> None:
-    with LOCK, quiet_stderr():
+    with portaudio_lock(), quiet_stderr():
         try:
             stream.stop_stream()
             stream.close()
@@ -474,7 +484,7 @@ def _close(stream: Any, pa: Any) -> None:
 
 
 def _terminate(pa: Any) -> None:
-    with LOCK:
+    with portaudio_lock():
         pa.terminate()
 
 
