@@ -249,3 +249,21 @@ def test_doctor_on_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("FAIL  config      ")
     assert "fix: edit the file" in result.stdout
+
+
+def test_auto_falls_back_to_the_sample_without_a_sound_device(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "realtime: {url: sim}\n")
+    env_no_sound = {"PULSE_SERVER": "unix:/nonexistent/native", "ALSA_CONFIG_PATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "voiced", "doctor", "--config", cfg],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | env_no_sound,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    microphone  wav:" in result.stdout
+    assert "sample.wav: 2 s, peak" in result.stdout
+    assert "ok    speaker     wav:voiced-speaker.wav" in result.stdout
+    assert (tmp_path / "voiced-speaker.wav").exists()

@@ -80,10 +80,12 @@ def soundcard_module() -> ModuleType:
 async def _usable(kind: str, config: AudioInputConfig | AudioOutputConfig) -> bool:
     """Whether ``auto`` finds a device of this kind that opens (PortAudio probes block)."""
     try:
-        probe = soundcard_module().probe
+        soundcard_module()
     except DeviceError as exc:
         log.debug("no %s device: %s", kind, exc)
         return False
+    from voiced.devices.portaudio import probe
+
     why = await trio.to_thread.run_sync(probe, kind, config)
     if why is not None:
         log.debug("no %s device: %s", kind, why)

@@ -10,6 +10,7 @@ devices once, when ``PyAudio()`` is created, so a device plugged in later needs 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyaudio
+import trio
 
+from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.convert import DeviceFormat
 from voiced.errors import DeviceError
+
+log = logging.getLogger("voiced.audio")
 
 Kind = Literal["input", "output"]
 
@@ -204,3 +209,115 @@ def _supported(
             return bool(pa.is_format_supported(rate, **args))
     except ValueError:
         return False
+
+
+# -- opening, closing and reopening streams ---------------------------------------------
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for PortAudio to close a stream."""
+RETRY_START, RETRY_MAX = 0.5, 10.0
+"""Seconds between tries to reopen a device: doubling from the first to the cap."""
+
+
+async def open_device(
+    kind: str, config: AudioInputConfig | AudioOutputConfig
+) -> tuple[Any, Any, Any]:
+    """A PortAudio instance, the configured device, and the format to open it with."""
+
+    def work() -> tuple[Any, Any, Any]:
+        with portaudio_lock():
+            pa = open_portaudio()
+            try:
+                device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
+                fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
+            except BaseException:
+                pa.terminate()
+                raise
+            return pa, device, fmt
+
+    return await trio.to_thread.run_sync(work)
+
+
+class Retry:
+    """Backoff for reopening a device, and the log: each distinct failure is logged once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.error: str | None = None
+        """Why the device is not in use now; None while it works."""
+        self.reopens = 0
+        self._delay = RETRY_START
+
+    def failed(self, exc: Exception) -> float:
+        """Record a failure; returns the seconds to wait before trying again."""
+        if str(exc) != self.error:
+            log.error("%s: %s; retrying", self.what, exc)
+            self.error = str(exc)
+        delay, self._delay = self._delay, min(self._delay * 2, RETRY_MAX)
+        return delay
+
+    def opened(self, name: str) -> None:
+        if self.error is not None:
+            self.reopens += 1
+            log.info("%s is back: %s", self.what, name)
+        else:
+            log.info("%s: %s", self.what, name)
+        self.error = None
+        self._delay = RETRY_START
+
+
+def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
+    """Why the configured device of this kind cannot be used, or None if it opens. Blocking."""
+    with portaudio_lock():
+        return _probe(kind, config)
+
+
+def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
+    try:
+        pa = open_portaudio()
+    except OSError as exc:
+        return f"PortAudio did not start: {exc}"
+    try:
+        device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
+        fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
+        with quiet_stderr():
+            stream = pa.open(
+                format=pyaudio.paInt16,
+                channels=fmt.channels,
+                rate=fmt.rate,
+                input=kind == "input",
+                output=kind == "output",
+                input_device_index=device.index if kind == "input" else None,
+                output_device_index=device.index if kind == "output" else None,
+                start=False,
+            )
+        stream.close()
+    except (DeviceError, OSError) as exc:
+        return str(exc)
+    finally:
+        pa.terminate()
+    return None
+
+
+async def close_in_thread(stream: Any, pa: Any) -> None:
+    """Close a stream; if PortAudio hangs doing it, give up waiting (and say so)."""
+    with trio.move_on_after(CLOSE_TIMEOUT) as waited:
+        await trio.to_thread.run_sync(_close, stream, pa, abandon_on_cancel=True)
+    if waited.cancelled_caught:
+        log.error("closing an audio stream hung in PortAudio; left behind")
+
+
+def _close(stream: Any, pa: Any) -> None:
+    with portaudio_lock(), quiet_stderr():
+        try:
+            stream.stop_stream()
+            stream.close()
+        except OSError:
+            pass  # the device is gone: there is nothing left to stop
+        finally:
+            pa.terminate()
+
+
+def terminate(pa: Any) -> None:
+    with portaudio_lock():
+        pa.terminate()

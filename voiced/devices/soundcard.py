@@ -27,12 +27,12 @@ from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
 from voiced.devices.portaudio import (
-    choose_format,
-    find_device,
-    list_devices,
-    open_portaudio,
+    Retry,
+    close_in_thread,
+    open_device,
     portaudio_lock,
     quiet_stderr,
+    terminate,
 )
 from voiced.errors import DeviceError
 
@@ -49,55 +49,6 @@ FLUSH_TIMEOUT = 0.2
 """Seconds a command waits for the microphone's tail before going without it."""
 STALL = 1.0
 """Seconds without a callback after which a device is taken for gone and reopened."""
-CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for PortAudio to close a stream."""
-RETRY_START, RETRY_MAX = 0.5, 10.0
-"""Seconds between tries to reopen a device: doubling from the first to the cap."""
-
-
-async def _open(kind: str, config: AudioInputConfig | AudioOutputConfig) -> tuple[Any, Any, Any]:
-    """A PortAudio instance, the configured device, and the format to open it with."""
-
-    def work() -> tuple[Any, Any, Any]:
-        with portaudio_lock():
-            pa = open_portaudio()
-            try:
-                device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
-                fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
-            except BaseException:
-                pa.terminate()
-                raise
-            return pa, device, fmt
-
-    return await trio.to_thread.run_sync(work)
-
-
-class _Retry:
-    """Backoff for reopening a device, and the log: each distinct failure is logged once."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.error: str | None = None
-        """Why the device is not in use now; None while it works."""
-        self.reopens = 0
-        self._delay = RETRY_START
-
-    def failed(self, exc: Exception) -> float:
-        """Record a failure; returns the seconds to wait before trying again."""
-        if str(exc) != self.error:
-            log.error("%s: %s; retrying", self.what, exc)
-            self.error = str(exc)
-        delay, self._delay = self._delay, min(self._delay * 2, RETRY_MAX)
-        return delay
-
-    def opened(self, name: str) -> None:
-        if self.error is not None:
-            self.reopens += 1
-            log.info("%s is back: %s", self.what, name)
-        else:
-            log.info("%s: %s", self.what, name)
-        self.error = None
-        self._delay = RETRY_START
 
 
 class _Once:
@@ -121,7 +72,7 @@ class PyAudioSource:
         self.name = f"pyaudio:{config.device if config.device is not None else 'default'}"
         self.dropped_frames = 0
         self.xruns = 0
-        self._retry = _Retry("microphone")
+        self._retry = Retry("microphone")
         self._frames: trio.MemorySendChannel[AudioFrame] | None = None
         self._convert: FromDevice | None = None
         self._blocks = 0  # blocks the device has delivered
@@ -147,7 +98,7 @@ class PyAudioSource:
         self, frames: trio.MemorySendChannel[AudioFrame], ready: _Once
     ) -> None:
         """Open the device, report ``ready`` (the first time), stream until it stops."""
-        pa, device, fmt = await _open("input", self.config)
+        pa, device, fmt = await open_device("input", self.config)
         self._convert = convert = FromDevice(fmt, self.config.gain)
         token = trio.lowlevel.current_trio_token()
 
@@ -189,7 +140,7 @@ class PyAudioSource:
         try:
             stream = await trio.to_thread.run_sync(start)
         except OSError as exc:
-            await trio.to_thread.run_sync(_terminate, pa)
+            await trio.to_thread.run_sync(terminate, pa)
             raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
         self.name = f"pyaudio:{device.name} ({fmt})"
         self._retry.opened(self.name)
@@ -203,7 +154,7 @@ class PyAudioSource:
         finally:
             self._frames = None
             with trio.CancelScope(shield=True):
-                await _close_in_thread(stream, pa)
+                await close_in_thread(stream, pa)
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -243,7 +194,7 @@ class PyAudioSink:
         self.xruns = 0
         self.dropped_ms = 0.0
         """Reply audio thrown away because there was no device."""
-        self._retry = _Retry("speaker")
+        self._retry = Retry("speaker")
         self._retry_at = -math.inf  # trio time of the next try to open the device
         self._lock = threading.Lock()
         # Shared with the PortAudio thread, under the lock:
@@ -289,7 +240,7 @@ class PyAudioSink:
         return True
 
     async def _open_stream(self) -> None:
-        pa, device, fmt = await _open("output", self.config)
+        pa, device, fmt = await open_device("output", self.config)
         token = trio.lowlevel.current_trio_token()
         frame_bytes, rate = fmt.frame_bytes, fmt.rate
         ahead = int(rate * AHEAD_MS / 1000) * frame_bytes
@@ -345,7 +296,7 @@ class PyAudioSink:
         try:
             self._stream, self._latency = await trio.to_thread.run_sync(start)
         except OSError as exc:
-            await trio.to_thread.run_sync(_terminate, pa)
+            await trio.to_thread.run_sync(terminate, pa)
             raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
         self._pa = pa
         self.name = f"pyaudio:{device.name} ({fmt})"
@@ -414,7 +365,7 @@ class PyAudioSink:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None
         if stream is not None:
             with trio.CancelScope(shield=True):
-                await _close_in_thread(stream, pa)
+                await close_in_thread(stream, pa)
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -429,63 +380,6 @@ class PyAudioSink:
 
     async def aclose(self) -> None:
         await self._close()
-
-
-def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
-    """Why the configured device of this kind cannot be used, or None if it opens. Blocking."""
-    with portaudio_lock():
-        return _probe(kind, config)
-
-
-def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
-    try:
-        pa = open_portaudio()
-    except OSError as exc:
-        return f"PortAudio did not start: {exc}"
-    try:
-        device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
-        fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
-        with quiet_stderr():
-            stream = pa.open(
-                format=pyaudio.paInt16,
-                channels=fmt.channels,
-                rate=fmt.rate,
-                input=kind == "input",
-                output=kind == "output",
-                input_device_index=device.index if kind == "input" else None,
-                output_device_index=device.index if kind == "output" else None,
-                start=False,
-            )
-        stream.close()
-    except (DeviceError, OSError) as exc:
-        return str(exc)
-    finally:
-        pa.terminate()
-    return None
-
-
-async def _close_in_thread(stream: Any, pa: Any) -> None:
-    """Close a stream; if PortAudio hangs doing it, give up waiting (and say so)."""
-    with trio.move_on_after(CLOSE_TIMEOUT) as waited:
-        await trio.to_thread.run_sync(_close, stream, pa, abandon_on_cancel=True)
-    if waited.cancelled_caught:
-        log.error("closing an audio stream hung in PortAudio; left behind")
-
-
-def _close(stream: Any, pa: Any) -> None:
-    with portaudio_lock(), quiet_stderr():
-        try:
-            stream.stop_stream()
-            stream.close()
-        except OSError:
-            pass  # the device is gone: there is nothing left to stop
-        finally:
-            pa.terminate()
-
-
-def _terminate(pa: Any) -> None:
-    with portaudio_lock():
-        pa.terminate()
 
 
 if TYPE_CHECKING:  # mypy checks that the backend fits the device interfaces
