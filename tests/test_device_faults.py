@@ -101,3 +101,35 @@ async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) 
             stop.set()
             nursery.cancel_scope.cancel()
     assert len(sim.connections[0].committed_audio[0]) >= len(utterance)
+
+
+async def test_a_missing_device_is_named_with_those_there_are(
+    sound: SoundServer, tmp_path: Path
+) -> None:
+    sim = Simulator(api_key=SIM_KEY)
+    port = free_port()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            sim_port = await nursery.start(sim.serve)
+            config = load_config(
+                config_file(
+                    tmp_path,
+                    f"realtime: {{url: 'ws://127.0.0.1:{sim_port}/v1/realtime'}}\n"
+                    f"auth: {{api_key: {SIM_KEY}}}\n"
+                    "audio:\n  input: {backend: pyaudio, device: usb-mic}\n"
+                    "  output: {backend: pyaudio, device: spk, rate: 24000}\n"
+                    f"plugins:\n  http: {{port: {port}}}\n",
+                )
+            )
+            stop = trio.Event()
+            await nursery.start(partial(run_daemon, config, shutdown_trigger=stop.wait))
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                status = (await http.get("/status")).json()  # up, though its microphone is not
+            stop.set()
+            nursery.cancel_scope.cancel()
+    error = status["audio"]["input"]["error"]
+    assert error.startswith("no input device named like 'usb-mic' (there are: ")
+    assert ": mic" in error  # the devices there are, to choose from
+    output = status["audio"]["output"]
+    assert (output["error"], output["rate"], output["channels"]) == (None, 24000, 1)
+    assert output["device_rate"] == 44100  # what the device itself calls its rate

@@ -72,6 +72,7 @@ class PyAudioSource:
         self.name = f"pyaudio:{config.device if config.device is not None else 'default'}"
         self.dropped_frames = 0
         self.xruns = 0
+        self._native: dict[str, int] = {}  # the opened format, and the device's own rate
         self._retry = Retry("microphone")
         self._frames: trio.MemorySendChannel[AudioFrame] | None = None
         self._convert: FromDevice | None = None
@@ -143,6 +144,7 @@ class PyAudioSource:
             await trio.to_thread.run_sync(terminate, pa)
             raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
         self.name = f"pyaudio:{device.name} ({fmt})"
+        self._native = {"rate": fmt.rate, "channels": fmt.channels, "device_rate": device.rate}
         self._retry.opened(self.name)
         self._frames = frames
         ready.started()
@@ -159,6 +161,7 @@ class PyAudioSource:
     def statistics(self) -> dict[str, object]:
         return {
             "name": self.name,
+            **self._native,
             "error": self._retry.error,
             "dropped_frames": self.dropped_frames,
             "xruns": self.xruns,
@@ -192,6 +195,7 @@ class PyAudioSink:
         self.name = f"pyaudio:{config.device if config.device is not None else 'default'}"
         self.underruns = 0
         self.xruns = 0
+        self._native: dict[str, int] = {}
         self.dropped_ms = 0.0
         """Reply audio thrown away because there was no device."""
         self._retry = Retry("speaker")
@@ -300,6 +304,7 @@ class PyAudioSink:
             raise DeviceError(f"cannot open {device.name!r}: {exc}") from exc
         self._pa = pa
         self.name = f"pyaudio:{device.name} ({fmt})"
+        self._native = {"rate": fmt.rate, "channels": fmt.channels, "device_rate": device.rate}
         self._retry.opened(self.name)
 
     async def play(self, pcm: bytes) -> None:
@@ -370,6 +375,7 @@ class PyAudioSink:
     def statistics(self) -> dict[str, object]:
         return {
             "name": self.name,
+            **self._native,
             "error": self._retry.error,
             "underruns": self.underruns,
             "xruns": self.xruns,
