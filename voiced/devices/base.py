@@ -67,6 +67,10 @@ class AudioSink(Protocol):
     def queued_seconds(self) -> float:
         """Seconds of audio taken but not yet handed to the device (``stop`` drops them)."""
 
+    def started_at(self) -> float | None:
+        """Trio time the latest run of audio began to be handed to the device (after a jitter
+        buffer, say), or None when ``play`` hands it over at once."""
+
     def statistics(self) -> dict[str, object]:
         """Name, format and counters for ``/status`` (``underruns`` for a real device)."""
 

@@ -206,6 +206,7 @@ class PyAudioSink:
         self._priming = True  # gathering jitter_ms before a reply starts
         self._ending = False  # the reply is complete: play out the rest without waiting
         self._played = 0.0  # seconds of reply audio (not padding) handed to PortAudio
+        self._started_mono: float | None = None  # monotonic time priming last ended
         self._last_callback_at = 0.0  # monotonic time PortAudio last asked for audio
         self._wake: trio.Event | None = None
         # Owned by the trio side:
@@ -261,6 +262,8 @@ class PyAudioSink:
                 if self._priming and not ready and not self._ending:
                     out = b""
                 else:
+                    if self._priming:
+                        self._started_mono = self._last_callback_at
                     self._priming = False
                     out = bytes(self._buffer[:need])
                     del self._buffer[:need]
@@ -365,6 +368,13 @@ class PyAudioSink:
     def queued_seconds(self) -> float:
         with self._lock:
             return len(self._buffer) / self._format.frame_bytes / self._format.rate
+
+    def started_at(self) -> float | None:
+        with self._lock:
+            started = self._started_mono
+        if started is None:
+            return None
+        return trio.current_time() - (time.monotonic() - started)  # the same moment, trio's clock
 
     async def _close(self) -> None:
         stream, pa, self._stream, self._pa = self._stream, self._pa, None, None

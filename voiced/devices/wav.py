@@ -137,6 +137,9 @@ class WavSink:
     def queued_seconds(self) -> float:
         return 0.0
 
+    def started_at(self) -> float | None:
+        return None
+
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "volume": self.volume}
 

@@ -27,8 +27,16 @@ class Player:
         self._item_bytes = 0  # bytes of the current item handed to the sink
         self._item_start = 0.0  # the sink's clock (seconds) where the current item begins
         self._current: str | None = None  # the response whose audio is being played
-        self.first_sample: tuple[str, float] | None = None
+        self._first: tuple[str, float] | None = None  # latest response, trio time it began
+
+    @property
+    def first_sample(self) -> tuple[str, float] | None:
         """The latest response played and the trio time its first sample reached the device."""
+        if self._first is None:
+            return None
+        response_id, handed = self._first
+        started = self.sink.started_at()  # later, when the device gathered a jitter buffer
+        return response_id, max(handed, started) if started is not None else handed
 
     def stop(self, response_id: str | None) -> None:
         """Stop playing ``response_id`` now (or whatever plays, if None); drop the rest of it."""
@@ -90,7 +98,7 @@ class Player:
             # Audio arrives in response order: older responses will not play again.
             self._stopped.clear()
             self._current = audio.response_id
-            self.first_sample = (audio.response_id, trio.current_time())
+            self._first = (audio.response_id, trio.current_time())
         for start in range(0, len(audio.pcm), block):
             if audio.response_id in self._stopped:
                 return
