@@ -333,7 +333,8 @@ class PyAudioSink:
             self._ending = True
         await self._wait_until(lambda: not self._buffer)
         with self._lock:
-            self._priming = True
+            # The reply is out: the next one gathers its jitter buffer again.
+            self._priming, self._ending = True, False
         # What was handed last is still in the device's own buffer for this long.
         await trio.sleep(self._latency)
 
