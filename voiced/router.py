@@ -8,6 +8,7 @@ the command is ordered after every sample heard before it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ async def run_intake(
     """
     async with commands, inbound:
         async for command in commands:
+            command = dataclasses.replace(command, at=trio.current_time())  # the press
             if source is not None:
                 await source.flush()
             try:

@@ -175,7 +175,7 @@ class Session:
                 await self._earcon("error")
                 return
             if not starts and msg.command is not Command.CANCEL:
-                self._marks.setdefault("commit_pressed", trio.current_time())
+                self._marks.setdefault("commit_pressed", msg.at or trio.current_time())
             if self.controller.state is State.SPEAKING and msg.command is not Command.COMMIT:
                 # Stop the speaker before reading its position: the device keeps taking audio
                 # meanwhile, and the truncate must say exactly what came out.

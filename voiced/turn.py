@@ -41,10 +41,12 @@ class Command(enum.StrEnum):
 
 @dataclass
 class TurnCommand:
-    """What an input asks for. ``source`` names the input, for logs."""
+    """What an input asks for. ``source`` names the input, for logs; ``at`` is the trio time
+    the daemon received it (set on the way in), from which latencies are measured."""
 
     command: Command
     source: str = ""
+    at: float | None = None
 
 
 # --------------------------------------------------------------------------- actions
