@@ -21,7 +21,7 @@ import trio
 from voiced.audio import RATE
 from voiced.sim import Simulator
 
-SIM_KEY = "sk-test-key-0123456789"
+SIM_KEY = "test-key-not-a-secret"
 
 
 def tone(seconds: float, *, freq: float = 440.0, seed: int = 0) -> bytes:

@@ -30,7 +30,7 @@ from tests.sdkcheck import assert_valid_client_event, assert_valid_server_event
 from voiced.sim import SimFaults, Simulator
 from voiced.sim.session import SimSession
 
-KEY = "sk-sim-0123456789abcdef"
+KEY = "test-sim-key-not-a-secret"
 RESOURCE = "/v1/realtime?model=gpt-realtime"
 BYTES_PER_MS = 48
 
@@ -277,7 +277,7 @@ async def test_wrong_key_is_refused_and_closed_3000(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="voiced.sim")
-    wrong = "sk-wrong-but-long-secret"
+    wrong = "test-wrong-but-long-key"
     with trio.fail_after(5):
         sim = Simulator(api_key=KEY)
         port = await start(nursery, sim)
@@ -288,7 +288,7 @@ async def test_wrong_key_is_refused_and_closed_3000(
         await sim.connections[0].closed.wait()
 
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
-    assert error["message"].startswith("Incorrect API key provided: sk-wr***et.")
+    assert error["message"].startswith("Incorrect API key provided: test-***ey.")
     assert wrong not in error["message"]
     assert closed.value.reason is not None
     assert (closed.value.reason.code, closed.value.reason.reason) == (

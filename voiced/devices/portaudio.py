@@ -238,6 +238,18 @@ async def open_device(
     return await trio.to_thread.run_sync(work)
 
 
+class Once:
+    """A task status that may be reported ready more than once; only the first counts."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status: trio.TaskStatus[None] | None = task_status
+
+    def started(self) -> None:
+        if self._task_status is not None:
+            self._task_status.started()
+            self._task_status = None
+
+
 class Retry:
     """Backoff for reopening a device, and the log: each distinct failure is logged once."""
 

@@ -27,6 +27,7 @@ from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.base import AudioSink, AudioSource
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
 from voiced.devices.portaudio import (
+    Once,
     Retry,
     close_in_thread,
     open_device,
@@ -49,18 +50,6 @@ FLUSH_TIMEOUT = 0.2
 """Seconds a command waits for the microphone's tail before going without it."""
 STALL = 1.0
 """Seconds without a callback after which a device is taken for gone and reopened."""
-
-
-class _Once:
-    """A task status that may be reported ready more than once; only the first counts."""
-
-    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
-        self._task_status: trio.TaskStatus[None] | None = task_status
-
-    def started(self) -> None:
-        if self._task_status is not None:
-            self._task_status.started()
-            self._task_status = None
 
 
 class PyAudioSource:
@@ -86,7 +75,7 @@ class PyAudioSource:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with frames:
-            ready = _Once(task_status)
+            ready = Once(task_status)
             while True:
                 try:
                     await self._stream_until_lost(frames, ready)
@@ -96,7 +85,7 @@ class PyAudioSource:
                     await trio.sleep(delay)
 
     async def _stream_until_lost(
-        self, frames: trio.MemorySendChannel[AudioFrame], ready: _Once
+        self, frames: trio.MemorySendChannel[AudioFrame], ready: Once
     ) -> None:
         """Open the device, report ``ready`` (the first time), stream until it stops."""
         pa, device, fmt = await open_device("input", self.config)
