@@ -13,9 +13,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from voiced import __version__
+
+if TYPE_CHECKING:
+    from voiced.config import Config
 from voiced.errors import ConfigError, UsageError, VoicedError
 
 log = logging.getLogger("voiced")
@@ -140,7 +143,7 @@ def _logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _load(path: str | None):  # type: ignore[no-untyped-def]
+def _load(path: str | None) -> Config:
     from voiced.config import find_config, load_config
 
     return load_config(find_config(path))

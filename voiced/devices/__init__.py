@@ -12,6 +12,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,6 +22,9 @@ from voiced.devices.base import AudioSource as AudioSource
 from voiced.devices.null import NullSink, NullSource
 from voiced.devices.wav import WavSink, WavSource
 from voiced.errors import DeviceError
+
+if TYPE_CHECKING:
+    from voiced.devices.portaudio import Kind
 
 log = logging.getLogger("voiced.audio")
 
@@ -77,7 +81,7 @@ def soundcard_module() -> ModuleType:
     return soundcard
 
 
-async def _usable(kind: str, config: AudioInputConfig | AudioOutputConfig) -> bool:
+async def _usable(kind: Kind, config: AudioInputConfig | AudioOutputConfig) -> bool:
     """Whether ``auto`` finds a device of this kind that opens (PortAudio probes block)."""
     try:
         soundcard_module()

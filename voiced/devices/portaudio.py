@@ -220,7 +220,7 @@ RETRY_START, RETRY_MAX = 0.5, 10.0
 
 
 async def open_device(
-    kind: str, config: AudioInputConfig | AudioOutputConfig
+    kind: Kind, config: AudioInputConfig | AudioOutputConfig
 ) -> tuple[Any, Any, Any]:
     """A PortAudio instance, the configured device, and the format to open it with."""
 
@@ -228,8 +228,8 @@ async def open_device(
         with portaudio_lock():
             pa = open_portaudio()
             try:
-                device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
-                fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
+                device = find_device(list_devices(pa), config.device, kind)
+                fmt = choose_format(pa, device, kind, config.rate, config.channels)
             except BaseException:
                 pa.terminate()
                 raise
@@ -278,20 +278,20 @@ class Retry:
         self._delay = RETRY_START
 
 
-def probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
+def probe(kind: Kind, config: AudioInputConfig | AudioOutputConfig) -> str | None:
     """Why the configured device of this kind cannot be used, or None if it opens. Blocking."""
     with portaudio_lock():
         return _probe(kind, config)
 
 
-def _probe(kind: str, config: AudioInputConfig | AudioOutputConfig) -> str | None:
+def _probe(kind: Kind, config: AudioInputConfig | AudioOutputConfig) -> str | None:
     try:
         pa = open_portaudio()
     except OSError as exc:
         return f"PortAudio did not start: {exc}"
     try:
-        device = find_device(list_devices(pa), config.device, kind)  # type: ignore[arg-type]
-        fmt = choose_format(pa, device, kind, config.rate, config.channels)  # type: ignore[arg-type]
+        device = find_device(list_devices(pa), config.device, kind)
+        fmt = choose_format(pa, device, kind, config.rate, config.channels)
         with quiet_stderr():
             stream = pa.open(
                 format=pyaudio.paInt16,
