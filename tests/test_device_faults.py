@@ -1,16 +1,14 @@
 """A sound device that goes away and comes back: voiced recovers without a restart.
 
 The sound server is stopped under the running daemon (every device vanishes, as when a USB card
-is pulled) and started again. Device health is not an event yet, so these tests poll
-``/status`` (bounded by ``fail_after``) where they wait for the daemon to notice.
+is pulled) and started again; the test waits on the daemon's ``DeviceChanged`` events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +18,7 @@ from tests.conftest import SIM_KEY, config_file, free_port
 from tests.soundserver import SoundServer, missing_programs, running_soundserver, speech
 from voiced.app import run_daemon
 from voiced.config import load_config
-from voiced.events import StateChanged
+from voiced.events import DeviceChanged, Event, StateChanged
 from voiced.pipeline import Pipeline
 from voiced.sim import Simulator
 from voiced.turn import State
@@ -36,14 +34,11 @@ def sound(tmp_path: Path) -> Iterator[SoundServer]:
         yield server
 
 
-async def status_until(
-    http: httpx.AsyncClient, ok: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    while True:
-        status: dict[str, Any] = (await http.get("/status")).json()
-        if ok(status):
-            return status
-        await trio.sleep(0.05)  # polling: device health has no event to wait on
+async def microphone_changed(events: trio.MemoryReceiveChannel[Event]) -> DeviceChanged:
+    async for event in events:
+        if isinstance(event, DeviceChanged) and event.device == "microphone":
+            return event
+    raise AssertionError("events ended")
 
 
 async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) -> None:
@@ -72,18 +67,15 @@ async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) 
                 await pipe.session.ready.wait()
                 await trio.to_thread.run_sync(sound.stop)  # the card is pulled
                 # The microphone notices (its blocks stop) and says why; the daemon stays up.
-                status = await status_until(http, lambda s: s["audio"]["input"]["error"])
-                assert "stopped delivering audio" in status["audio"]["input"]["error"] or (
-                    "there are: none" in status["audio"]["input"]["error"]
-                )
+                gone = await microphone_changed(events)
+                assert gone.error == "'mic' stopped delivering audio"
+                status = (await http.get("/status")).json()
+                assert status["audio"]["input"]["error"] is not None  # and /status says so
                 assert (await http.get("/healthz")).status_code == 200
                 await trio.to_thread.run_sync(sound.start)  # and plugged back in
-                status = await status_until(
-                    http,
-                    lambda s: (
-                        s["audio"]["input"]["error"] is None and s["audio"]["input"]["reopens"] >= 1
-                    ),
-                )
+                while (back := await microphone_changed(events)).error is not None:
+                    assert "no input device" in back.error or "neither mono" in back.error
+                assert back.name == "pyaudio:mic (44100 Hz, 1 ch)"
                 # A whole turn works again: heard, answered, played.
                 utterance = speech("are you back")
                 player = await trio.to_thread.run_sync(sound.start_playing, "mic", utterance)

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from voiced.events import ConnectionChanged as ConnectionChanged
+    from voiced.events import DeviceChanged as DeviceChanged
     from voiced.events import Event as Event
     from voiced.events import StateChanged as StateChanged
     from voiced.events import Transcript as Transcript
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "ConnectionChanged": "voiced.events",
+    "DeviceChanged": "voiced.events",
     "Event": "voiced.events",
     "StateChanged": "voiced.events",
     "Transcript": "voiced.events",

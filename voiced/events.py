@@ -69,4 +69,13 @@ class ConnectionChanged:
     error: str | None = None
 
 
-Event = Transcript | StateChanged | TurnEnded | ConnectionChanged
+@dataclass
+class DeviceChanged:
+    """The microphone or the speaker failed (``error`` says why) or works again (None)."""
+
+    device: Literal["microphone", "speaker"]
+    name: str
+    error: str | None
+
+
+Event = Transcript | StateChanged | TurnEnded | ConnectionChanged | DeviceChanged

@@ -20,6 +20,7 @@ import trio
 from voiced import protocol as p
 from voiced.audio import AudioFrame, Earcon, EndOfReply, ReplyAudio
 from voiced.devices.base import AudioSink, AudioSource
+from voiced.events import DeviceChanged
 from voiced.router import Broadcast, Inbound, Shutdown, run_intake
 from voiced.session import Session, Status
 from voiced.stages.decode import run_decode
@@ -102,6 +103,12 @@ async def open_pipeline(
     )
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
     broadcast = Broadcast()
+    # Device failures and recoveries are events every sink can receive.
+    if source is not None:
+        source.watch(
+            lambda name, error: broadcast.publish(DeviceChanged("microphone", name, error))
+        )
+    sink.watch(lambda name, error: broadcast.publish(DeviceChanged("speaker", name, error)))
     player = Player(sink)
     session = Session(
         to_encode=encode_send,

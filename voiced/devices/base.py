@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -36,6 +37,9 @@ class AudioSource(Protocol):
     def statistics(self) -> dict[str, object]:
         """Name, format and counters for ``/status``: at least ``dropped_frames`` (frames the
         pipeline did not take in time)."""
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        """Call ``callback(name, error)`` when the device fails (error) or works again (None)."""
 
 
 class AudioSink(Protocol):
@@ -73,6 +77,9 @@ class AudioSink(Protocol):
 
     def statistics(self) -> dict[str, object]:
         """Name, format and counters for ``/status`` (``underruns`` for a real device)."""
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        """Call ``callback(name, error)`` when the device fails (error) or works again (None)."""
 
     async def aclose(self) -> None:
         """Release the device; idempotent."""

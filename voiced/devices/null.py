@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from voiced.audio import BYTES_PER_MS, AudioFrame
@@ -15,6 +17,9 @@ class NullSource:
 
     def __init__(self) -> None:
         self._clock = PacedClock()
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        pass  # a file or nothing: it does not come and go
 
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "dropped_frames": self._clock.dropped}
@@ -63,6 +68,9 @@ class NullSink:
 
     def started_at(self) -> float | None:
         return None
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        pass  # a file or nothing: it does not come and go
 
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "volume": self.volume}

@@ -13,7 +13,7 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -258,13 +258,16 @@ class Retry:
         self.error: str | None = None
         """Why the device is not in use now; None while it works."""
         self.reopens = 0
+        self.on_change: Callable[[str, str | None], None] = lambda name, error: None
+        """Called with the device's name and its error (None: working) when either changes."""
         self._delay = RETRY_START
 
-    def failed(self, exc: Exception) -> float:
+    def failed(self, name: str, exc: Exception) -> float:
         """Record a failure; returns the seconds to wait before trying again."""
         if str(exc) != self.error:
             log.error("%s: %s; retrying", self.what, exc)
             self.error = str(exc)
+            self.on_change(name, self.error)
         delay, self._delay = self._delay, min(self._delay * 2, RETRY_MAX)
         return delay
 
@@ -276,6 +279,7 @@ class Retry:
             log.info("%s: %s", self.what, name)
         self.error = None
         self._delay = RETRY_START
+        self.on_change(name, None)
 
 
 def probe(kind: Kind, config: AudioInputConfig | AudioOutputConfig) -> str | None:

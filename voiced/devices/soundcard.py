@@ -80,7 +80,7 @@ class PyAudioSource:
                 try:
                     await self._stream_until_lost(frames, ready)
                 except DeviceError as exc:
-                    delay = self._retry.failed(exc)
+                    delay = self._retry.failed(self.name, exc)
                     ready.started()  # the daemon runs, and says what is missing, meanwhile
                     await trio.sleep(delay)
 
@@ -146,6 +146,9 @@ class PyAudioSource:
             self._frames = None
             with trio.CancelScope(shield=True):
                 await close_in_thread(stream, pa)
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        self._retry.on_change = callback
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -223,13 +226,13 @@ class PyAudioSink:
             if time.monotonic() - self._last_callback_at < STALL:
                 return True
             await self._close()  # gone (unplugged, a sound server restart): try again at once
-            self._retry.failed(DeviceError(f"{self.name} stopped taking audio"))
+            self._retry.failed(self.name, DeviceError(f"{self.name} stopped taking audio"))
         elif trio.current_time() < self._retry_at:
             return False
         try:
             await self._open_stream()
         except DeviceError as exc:
-            self._retry_at = trio.current_time() + self._retry.failed(exc)
+            self._retry_at = trio.current_time() + self._retry.failed(self.name, exc)
             return False
         return True
 
@@ -371,6 +374,9 @@ class PyAudioSink:
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await close_in_thread(stream, pa)
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        self._retry.on_change = callback
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -9,6 +9,7 @@ barge-in truncates at what a listener would really have heard.
 from __future__ import annotations
 
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -63,6 +64,9 @@ class WavSource:
         self._realtime = realtime
         self._pos = 0
         self._clock = PacedClock()
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        pass  # a file or nothing: it does not come and go
 
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "dropped_frames": self._clock.dropped}
@@ -139,6 +143,9 @@ class WavSink:
 
     def started_at(self) -> float | None:
         return None
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        pass  # a file or nothing: it does not come and go
 
     def statistics(self) -> dict[str, object]:
         return {"name": self.name, "volume": self.volume}
