@@ -167,7 +167,10 @@ async def test_devices_at_other_rates_and_channels(
         async with daemon(
             tmp_path, sim, mic=device, audio=f", rate: {rate}, channels: {channels}|"
         ) as (_pipe, http, events):
-            await say(sound, http, events, played, sink=device, rate=rate, channels=channels)
+            # Pressed as the speech starts: this test is about formats (pre-roll has its own).
+            await say(
+                sound, http, events, played, sink=device, rate=rate, channels=channels, early=0
+            )
             await until(events, State.IDLE)
             status = (await http.get("/status")).json()
     assert status["audio"]["input"]["name"] == f"pyaudio:{device} ({rate} Hz, {channels} ch)"
