@@ -117,3 +117,20 @@ async def test_full_duplex_keeps_it_for_the_preroll() -> None:
     assert await _barge_in(half_duplex=False) == heard[-bytes_of(100) :] + b"".join(
         frame(i).pcm for i in range(30, 36)
     )
+
+
+async def test_preroll_is_measured_from_the_press_not_its_handling() -> None:
+    """Audio that arrives after the press but before the command is handled (the microphone's
+    tail is gathered first) is sent whole, and the pre-roll counts back from the press."""
+    with trio.fail_after(10):
+        async with session(preroll_ms=40) as (inbound, sent):
+            for i in range(5):  # heard before the press, at t = 0.0 .. 0.4
+                await inbound.send(AudioFrame(frame(i).pcm, i / 10))
+            for i in range(5, 8):  # heard after the press at 0.45, queued before the command
+                await inbound.send(AudioFrame(frame(i).pcm, i / 10))
+            await inbound.send(TurnCommand(Command.START, at=0.45))
+            for i in range(8, 12):
+                await inbound.send(frame(i))
+            await inbound.send(TurnCommand(Command.COMMIT))
+    expected = b"".join(frame(i).pcm for i in range(3, 12))  # 40 ms before the press, and on
+    assert audio(sent) == expected

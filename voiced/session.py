@@ -46,6 +46,9 @@ log = logging.getLogger("voiced.session")
 
 EARCON_ECHO = 0.15
 """Seconds the microphone stays muted after an earcon: the speaker's latency and the room."""
+PREROLL_SLACK = bytes_of(250)
+"""Audio kept beyond the pre-roll: what arrives between a press and its handling (the
+microphone's tail is gathered first), so the pre-roll is measured from the press itself."""
 RECENT_IDS = 32
 """How many item and response ids are remembered to match late transcripts to their turn."""
 
@@ -128,6 +131,7 @@ class Session:
         self.controller = TurnController()
         self._preroll: deque[AudioFrame] = deque()  # what was heard just before a press
         self._preroll_bytes = bytes_of(preroll_ms)
+        self._press = 0.0  # trio time of the command being handled
         self._half_duplex = half_duplex
         self.ready = trio.Event()
         """Set the first time the server acknowledges the session configuration."""
@@ -162,7 +166,7 @@ class Session:
                 await self._send_audio(msg)
             elif self._half_duplex and self.controller.state is State.SPEAKING:
                 self._preroll.clear()
-            elif self._preroll_bytes:
+            else:
                 self._keep(msg)
         elif isinstance(msg, TurnCommand):
             starts = msg.command is Command.START or (
@@ -174,6 +178,7 @@ class Session:
                 log.warning("%s ignored: not connected to the realtime server%s", msg.command, why)
                 await self._earcon("error")
                 return
+            self._press = msg.at if msg.at is not None else trio.current_time()
             if not starts and msg.command is not Command.CANCEL:
                 self._marks.setdefault("commit_pressed", msg.at or trio.current_time())
             if self.controller.state is State.SPEAKING and msg.command is not Command.COMMIT:
@@ -209,9 +214,13 @@ class Session:
         self.controller.audio_sent(len(frame.pcm))
 
     def _keep(self, frame: AudioFrame) -> None:
-        """Keep the last ``preroll`` of audio heard, to the sample."""
+        """Keep the audio heard lately: the pre-roll, and what may come in after the press
+        while the microphone's tail is gathered."""
         self._preroll.append(frame)
-        excess = sum(len(f.pcm) for f in self._preroll) - self._preroll_bytes
+        self._trim(sum(len(f.pcm) for f in self._preroll) - self._preroll_bytes - PREROLL_SLACK)
+
+    def _trim(self, excess: int) -> None:
+        """Drop ``excess`` bytes from the oldest end of the pre-roll, to the sample."""
         while excess > 0:
             oldest = self._preroll[0]
             if len(oldest.pcm) <= excess:
@@ -259,6 +268,9 @@ class Session:
             elif isinstance(action, Changed):
                 self._changed(action)
                 if action.new is State.LISTENING:
+                    # Exactly preroll_ms from before the press, then all heard since it.
+                    before = sum(len(f.pcm) for f in self._preroll if f.captured_at <= self._press)
+                    self._trim(before - self._preroll_bytes)
                     while self._preroll:  # the first syllable, heard before the press
                         await self._send_audio(self._preroll.popleft())
                     await self._earcon("listening")
