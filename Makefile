@@ -22,7 +22,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: run test system python-system test-system lint
+.PHONY: run test system python-system test-system lint wheel-check
 
 system:
 	@$(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null \
@@ -53,5 +53,9 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The wheel, installed as a user installs it, runs `voiced ask` against `voiced sim`.
+wheel-check: $(BIN)/voiced
+	PYTHON=$(PYTHON) .ci/wheel-check
+
+test: lint wheel-check
 	$(BIN)/pytest

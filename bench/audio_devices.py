@@ -103,7 +103,7 @@ class Driver:
 
     sound: SoundServer
     http: httpx.AsyncClient
-    events: trio.MemoryReceiveChannel[Event]
+    events: trio.abc.ReceiveChannel[Event]
     heard_ms: float = 0.0
     """Input audio committed so far, from the simulator's "heard N ms" user transcripts."""
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -145,7 +145,7 @@ async def measured_turns(
     driver: Driver, pipe: Pipeline, pcms: list[bytes], n: int
 ) -> dict[str, Any]:
     """``n`` turns back to back: latencies, and this process's CPU per second of audio."""
-    heard0, played0 = driver.heard_ms, pipe.player.sink.played_seconds()
+    heard0, played0 = driver.heard_ms, pipe.player.speaker.played_seconds()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     ended = []
     for i in range(n):
@@ -154,7 +154,7 @@ async def measured_turns(
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     audio = {
         "input": (driver.heard_ms - heard0) / 1000,
-        "reply": pipe.player.sink.played_seconds() - played0,
+        "reply": pipe.player.speaker.played_seconds() - played0,
     }
     audio_s = audio["input"] + audio["reply"]
     return {
@@ -234,7 +234,7 @@ async def bench(
         )
         events = pipe.broadcast.subscribe("bench")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             driver = Driver(sound, http, events)
             warmup = await driver.turn(pcms[0])  # the first reply opens the speaker's stream
             log(f"warm-up turn: {warmup.outcome} {warmup.latencies}")

@@ -35,7 +35,7 @@ class FileSink:
             out = await self.path.open("a", encoding="utf-8")
         except OSError as exc:
             raise PluginError(f"file sink: cannot open {self.path}: {exc}") from exc
-        events = daemon.subscribe()
+        events = daemon.subscribe(Transcript)
         task_status.started()
         async with out, events:
             async for event in events:

@@ -22,7 +22,7 @@ class StdoutSink:
     async def run(
         self, daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        events = daemon.subscribe()
+        events = daemon.subscribe(Transcript)
         task_status.started()
         async with events:
             async for event in events:

@@ -42,7 +42,7 @@ class TerminalInput:
         stream = trio.lowlevel.FdStream(os.dup(self.fd))
         try:
             async with stream, trio.open_nursery() as nursery:
-                nursery.start_soon(_prompt, daemon.subscribe())
+                nursery.start_soon(_prompt, daemon.subscribe(StateChanged))
                 log.info(PROMPTS[State.IDLE])
                 task_status.started()
                 while data := await stream.receive_some():
@@ -61,7 +61,7 @@ PROMPTS = {
 }
 
 
-async def _prompt(events: trio.MemoryReceiveChannel[Event]) -> None:
+async def _prompt(events: trio.abc.ReceiveChannel[Event]) -> None:
     """Tell the person at the terminal what Enter will do now."""
     async with events:
         async for event in events:

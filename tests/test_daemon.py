@@ -30,7 +30,7 @@ MIC = tone(2.0, seed=7)
 @asynccontextmanager
 async def daemon(
     tmp_path: Path, url: str, *, speaker_realtime: bool = True, earcons: bool = False
-) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.MemoryReceiveChannel[Event]]]:
+) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
     path = config_file(
@@ -53,7 +53,7 @@ async def daemon(
         stop.set()
 
 
-async def next_state(events: trio.MemoryReceiveChannel[Event]) -> State:
+async def next_state(events: trio.abc.ReceiveChannel[Event]) -> State:
     async for event in events:
         if isinstance(event, StateChanged):
             return event.new
@@ -73,7 +73,7 @@ async def test_turn_over_http(
     sim = thinking_sim
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             status = (await http.get("/status")).json()
             assert (status["state"], status["turns"], status["connected"]) == ("idle", 0, True)
             assert (await http.get("/healthz")).status_code == 200
@@ -121,7 +121,7 @@ async def test_turn_over_http(
 async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
             await trio.sleep(1.0)  # a one-second question: a one-second (echo) answer
@@ -167,7 +167,7 @@ async def test_daemon_stays_up_when_server_unreachable(
             await trio.testing.wait_all_tasks_blocked()  # the session has handled it
             assert (await http.get("/status")).json()["state"] == "idle"
             assert any(
-                m.startswith("start ignored: not connected to the realtime server (cannot reach")
+                m.startswith("start refused: not connected to the realtime server (cannot reach")
                 for m in caplog.messages
             )
 
@@ -187,7 +187,7 @@ async def test_http_errors(sim: RunningSim, tmp_path: Path) -> None:
 async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url, speaker_realtime=False) as (pipe, http, events):
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             await http.post("/start")
             await trio.sleep(0.2)  # the person speaks
             await http.post("/commit")
@@ -201,7 +201,7 @@ async def test_daemon_survives_a_server_error(sim: RunningSim, tmp_path: Path) -
     sim.sim.faults.fail_event = "response.create"
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
             await trio.sleep(0.2)  # the person speaks
@@ -230,7 +230,7 @@ async def test_volume_is_set_over_http_and_kept_across_restarts(
                 )
             assert (await http.get("/volume")).status_code == 405
             # The reply is played at that volume.
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
             await trio.sleep(0.3)  # the person speaks
@@ -249,7 +249,7 @@ async def test_earcons_play_to_the_speaker_and_never_reach_the_server(
 ) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url, earcons=True) as (pipe, http, events):
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
             await trio.sleep(0.8)  # the person speaks

@@ -34,7 +34,7 @@ def sound(tmp_path: Path) -> Iterator[SoundServer]:
         yield server
 
 
-async def microphone_changed(events: trio.MemoryReceiveChannel[Event]) -> DeviceChanged:
+async def microphone_changed(events: trio.abc.ReceiveChannel[Event]) -> DeviceChanged:
     async for event in events:
         if isinstance(event, DeviceChanged) and event.device == "microphone":
             return event
@@ -64,7 +64,7 @@ async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) 
             )
             events = pipe.broadcast.subscribe("test")
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                await pipe.session.ready.wait()
+                await pipe.ready.wait()
                 await trio.to_thread.run_sync(sound.stop)  # the card is pulled
                 # The microphone notices (its blocks stop) and says why; the daemon stays up.
                 gone = await microphone_changed(events)

@@ -66,7 +66,7 @@ async def daemon(
     mic: str = "mic",
     spk: str = "spk",
     audio: str = "",
-) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.MemoryReceiveChannel[Event]]]:
+) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
     """``voiced run`` on the sound server's devices, talking to ``sim``."""
     port = free_port()
     async with trio.open_nursery() as nursery:
@@ -86,7 +86,7 @@ async def daemon(
         )
         events = pipe.broadcast.subscribe("test")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await pipe.session.ready.wait()
+            await pipe.ready.wait()
             yield pipe, client, events
         stop.set()
         nursery.cancel_scope.cancel()
@@ -100,7 +100,7 @@ def audio_out(extra: str) -> str:
     return extra.split("|")[1] if "|" in extra else ""
 
 
-async def until(events: trio.MemoryReceiveChannel[Event], state: State) -> None:
+async def until(events: trio.abc.ReceiveChannel[Event], state: State) -> None:
     async for event in events:
         if isinstance(event, StateChanged) and event.new is state:
             return
@@ -110,7 +110,7 @@ async def until(events: trio.MemoryReceiveChannel[Event], state: State) -> None:
 async def say(
     sound: SoundServer,
     http: httpx.AsyncClient,
-    events: trio.MemoryReceiveChannel[Event],
+    events: trio.abc.ReceiveChannel[Event],
     pcm: bytes,
     *,
     sink: str = "mic",

@@ -1,4 +1,8 @@
-"""The session task with real channels and a null speaker: pre-roll and half-duplex."""
+"""The session task with real channels and a null speaker: what it carries out, in order.
+
+The gate's own rules are unit-tested in ``test_capture.py``; here the session must hand the gate
+every frame and state change, and send what it lets through ahead of the commit.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,17 @@ from contextlib import asynccontextmanager
 import trio
 
 from voiced import protocol as p
+from voiced.actions import Play
 from voiced.audio import AudioFrame, Earcon, EndOfReply, bytes_of
-from voiced.devices.null import NullSink
-from voiced.router import Broadcast, Inbound, Shutdown
-from voiced.session import Session, Status
+from voiced.broadcast import Broadcast
+from voiced.devices.null import NullSpeaker
+from voiced.messages import Inbound, Shutdown
+from voiced.session import Session
+from voiced.stages.capture import AudioGate
 from voiced.stages.playback import Player
-from voiced.turn import Command, TurnCommand
+from voiced.stages.transport import Renew
+from voiced.status import Status
+from voiced.turn import Command, TurnCommand, TurnController
 
 
 def frame(index: int, ms: int = 20) -> AudioFrame:
@@ -26,26 +35,25 @@ async def session(
     preroll_ms: int, half_duplex: bool = True
 ) -> AsyncIterator[tuple[trio.MemorySendChannel[Inbound], list[AudioFrame | p.ClientEvent]]]:
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](64)
-    encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](64)
-    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply | Earcon](
-        64
-    )
+    encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent | Renew](64)
+    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | Earcon](64)
     sent: list[AudioFrame | p.ClientEvent] = []
 
     async def collect() -> None:
         async for item in encode_recv:
+            assert not isinstance(item, Renew)
             sent.append(item)
 
     s = Session(
+        controller=TurnController(),
+        gate=AudioGate(preroll_ms=preroll_ms, half_duplex=half_duplex),
+        status=Status("ws://x", "m"),
+        broadcast=Broadcast(),
         to_encode=encode_send,
         to_decode=decode_send,
-        player=Player(NullSink()),
-        broadcast=Broadcast(),
-        status=Status("ws://x", "m", None, NullSink()),
-        preroll_ms=preroll_ms,
-        half_duplex=half_duplex,
+        player=Player(NullSpeaker()),
     )
-    s.status.ready = True
+    s.controller.server_event(p.SessionUpdated("session.updated", {}))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run, inbound_recv)
         nursery.start_soon(collect)
@@ -124,11 +132,12 @@ async def test_preroll_is_measured_from_the_press_not_its_handling() -> None:
     tail is gathered first) is sent whole, and the pre-roll counts back from the press."""
     with trio.fail_after(10):
         async with session(preroll_ms=40) as (inbound, sent):
-            for i in range(5):  # heard before the press, at t = 0.0 .. 0.4
-                await inbound.send(AudioFrame(frame(i).pcm, i / 10))
+            t0 = trio.current_time()
+            for i in range(5):  # heard before the press, at t0 + 0.0 .. 0.4
+                await inbound.send(AudioFrame(frame(i).pcm, t0 + i / 10))
             for i in range(5, 8):  # heard after the press at 0.45, queued before the command
-                await inbound.send(AudioFrame(frame(i).pcm, i / 10))
-            await inbound.send(TurnCommand(Command.START, at=0.45))
+                await inbound.send(AudioFrame(frame(i).pcm, t0 + i / 10))
+            await inbound.send(TurnCommand(Command.START, at=t0 + 0.45))
             for i in range(8, 12):
                 await inbound.send(frame(i))
             await inbound.send(TurnCommand(Command.COMMIT))

@@ -12,26 +12,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from tests.sdkcheck import assert_valid_client_event
+from voiced import actions as a
 from voiced import protocol as p
+from voiced.actions import Chime, EndPlayback, Notice, Play, Played, Send, StopPlayback, TurnOver
 from voiced.audio import BYTES_PER_MS, MIN_COMMIT_MS, bytes_of
-from voiced.turn import (
-    Action,
-    Changed,
-    Command,
-    EndPlayback,
-    Notice,
-    Play,
-    Played,
-    Send,
-    State,
-    StopPlayback,
-    TurnCommand,
-    TurnController,
-)
+from voiced.turn import Command, Outcome, State, TurnCommand, TurnController
 
 IDLE, LISTENING, THINKING, SPEAKING = State.IDLE, State.LISTENING, State.THINKING, State.SPEAKING
 
@@ -75,30 +66,68 @@ def error(
     return p.ErrorEvent("error", error_type, code, message, None, event_id)
 
 
-class Turn:
-    """Drives a ``TurnController`` and checks every action list it returns (see module doc)."""
+@dataclass
+class Changed:
+    """``voiced.actions.Changed`` without its turn number (checked in the driver instead)."""
 
-    def __init__(self) -> None:
-        self.ctl = TurnController()
+    old: State
+    new: State
+
+
+Action = a.Action | Changed
+
+
+class Turn:
+    """Drives a ``TurnController`` and checks every action list it returns (see module doc).
+
+    It carries out what the session would: a ``Truncate`` becomes the ``Send`` of the truncate
+    at the speaker's position given; earcons and turn endings are collected in ``chimes`` and
+    ``ended`` (asserted where they matter) instead of being returned; every ``Changed`` must
+    carry the controller's turn number, and is returned without it.
+    """
+
+    def __init__(self, *, ready: bool = True, **options: Any) -> None:
+        self.ctl = TurnController(**options)
+        if ready:
+            assert self.ctl.server_event(p.SessionUpdated("session.updated", {})) == []
         self.create_outstanding = False  # a response.create was sent and has not ended yet
         self.sent: list[p.ClientEvent] = []
+        self.chimes: list[str] = []
+        self.ended: list[tuple[int, Outcome]] = []
+        self.now = 0.0
 
     @property
     def state(self) -> State:
         return self.ctl.state
 
-    def _check(self, actions: list[Action]) -> list[Action]:
-        check_sent(actions)
+    def _check(self, actions: list[a.Action], played: Played | None = None) -> list[Action]:
+        out: list[Action] = []
+        action: Action
         for action in actions:
+            if isinstance(action, a.Truncate):
+                assert out, "read the position after a stop"
+                assert isinstance(out[0], StopPlayback), "read the position after a stop"
+                action = Send(action.event(played))
+            if isinstance(action, Chime):
+                self.chimes.append(action.name)
+            elif isinstance(action, TurnOver):
+                self.ended.append((action.turn, action.outcome))
+            elif isinstance(action, a.Changed):
+                assert action.turn == self.ctl.turns
+                out.append(Changed(action.old, action.new))
+            else:
+                out.append(action)
+        check_sent(out)
+        for action in out:
             if isinstance(action, Send):
                 self.sent.append(action.event)
                 if isinstance(action.event, p.ResponseCreate):
                     assert not self.create_outstanding, "two responses in flight"
                     self.create_outstanding = True
-        return actions
+        return out
 
     def do(self, command: Command, played: Played | None = None) -> list[Action]:
-        return self._check(self.ctl.command(TurnCommand(command, "test"), played))
+        return self._check(self.ctl.command(TurnCommand(command, "test"), self.now), played)
 
     def start(self, played: Played | None = None) -> list[Action]:
         return self.do(Command.START, played)
@@ -122,12 +151,12 @@ class Turn:
             self.create_outstanding = False  # the server ended (or refused) the response
         return self._check(self.ctl.server_event(event))
 
-    def playback_done(self, response_id: str = "resp_1") -> list[Action]:
-        return self._check(self.ctl.playback_done(response_id))
+    def playback_done(self, turn: int = 1) -> list[Action]:
+        return self._check(self.ctl.playback_done(turn))
 
-    def connection_lost(self) -> list[Action]:
+    def connection_lost(self, why: str = "gone") -> list[Action]:
         self.create_outstanding = False
-        return self._check(self.ctl.connection_lost())
+        return self._check(self.ctl.connection_lost(why))
 
     # ---------------------------------------------------------------- reaching a state
 
@@ -271,7 +300,7 @@ def test_toggle_starts_from_idle_and_commits_from_listening():
 def test_toggle_while_speaking_is_a_barge_in():
     t = Turn().speak(1000)
     assert t.toggle(Played("item_1", 250)) == [
-        StopPlayback("resp_1"),
+        StopPlayback(1),
         Send(p.ResponseCancel("resp_1", event_id="cancel_1")),
         Send(p.ConversationItemTruncate("item_1", 250, event_id="truncate")),
         Changed(SPEAKING, LISTENING),
@@ -287,23 +316,19 @@ def test_reply_is_played_then_ends_with_playback():
     assert t.event(created("resp_1")) == []
     assert t.state is THINKING
     first, second, third = delta(ms=40), delta(ms=40), delta(ms=20)
-    assert t.event(first) == [Changed(THINKING, SPEAKING), Play(first)]
-    assert t.event(second) == [Play(second)]
-    assert t.event(third) == [Play(third)]
-    for passive in (
-        p.OutputTranscriptDone("response.output_audio_transcript.done", "resp_1", "item_1", "Hi"),
-        p.InputTranscriptionCompleted(
-            "conversation.item.input_audio_transcription.completed", "item_u", "Hello"
-        ),
-        p.OtherEvent("response.output_audio.done", {"type": "response.output_audio.done"}),
-    ):
-        assert t.event(passive) == []
-    assert t.event(done("resp_1")) == [EndPlayback("resp_1")]
+    assert t.event(first) == [Changed(THINKING, SPEAKING), Play(first, 1)]
+    assert t.event(second) == [Play(second, 1)]
+    assert t.event(third) == [Play(third, 1)]
+    passive = p.OtherEvent("response.output_audio.done", {"type": "response.output_audio.done"})
+    assert t.event(passive) == []
+    assert t.event(done("resp_1")) == [EndPlayback(1)]
     assert t.state is SPEAKING  # until the speaker has played it all
-    assert t.playback_done("resp_0") == []
-    assert t.playback_done("resp_1") == [Changed(SPEAKING, IDLE)]
-    assert t.playback_done("resp_1") == []
+    assert t.playback_done(0) == []
+    assert t.playback_done(1) == [Changed(SPEAKING, IDLE)]
+    assert t.playback_done(1) == []
     assert t.state is IDLE
+    assert t.ended == [(1, Outcome.COMPLETED)]
+    assert t.chimes == ["listening", "commit"]
     # The next turn creates its response at once: nothing is in flight any more.
     assert t.start() == [Changed(IDLE, LISTENING)]
     t.audio(200)
@@ -325,7 +350,7 @@ def test_events_of_unknown_responses_are_ignored():
     assert t.event(done("resp_2")) == []
     assert t.state is THINKING
     first = delta("resp_1")
-    assert t.event(first) == [Changed(THINKING, SPEAKING), Play(first)]
+    assert t.event(first) == [Changed(THINKING, SPEAKING), Play(first, 1)]
 
 
 def test_session_events_change_nothing():
@@ -365,9 +390,9 @@ def test_barge_in_while_thinking_before_created_defers_the_next_create():
     assert t.event(delta("resp_1")) == []
     assert t.event(created("resp_2")) == []
     reply = delta("resp_2", "item_2")
-    assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply)]
-    assert t.event(done("resp_2")) == [EndPlayback("resp_2")]
-    assert t.playback_done("resp_2") == [Changed(SPEAKING, IDLE)]
+    assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply, 2)]
+    assert t.event(done("resp_2")) == [EndPlayback(2)]
+    assert t.playback_done(2) == [Changed(SPEAKING, IDLE)]
 
 
 def test_barge_in_and_commit_before_created_then_created():
@@ -446,7 +471,7 @@ def test_barge_in_while_speaking_truncates_at_the_played_ms(
         t.event(delta("resp_1", "item_1", ms))
     assert t.state is SPEAKING
     assert t.start(played) == [
-        StopPlayback("resp_1"),
+        StopPlayback(1),
         Send(p.ResponseCancel("resp_1", event_id="cancel_1")),
         Send(p.ConversationItemTruncate("item_1", end_ms, event_id="truncate")),
         Changed(SPEAKING, LISTENING),
@@ -455,7 +480,7 @@ def test_barge_in_while_speaking_truncates_at_the_played_ms(
     for _ in range(3):
         assert t.event(delta("resp_1", "item_1")) == []  # late audio of the cancelled reply
     assert t.event(done("resp_1", "cancelled", "client_cancelled")) == []
-    assert t.playback_done("resp_1") == []
+    assert t.playback_done(1) == []
     assert t.state is LISTENING
     t.audio(300)
     assert t.commit() == commit_actions(2)
@@ -472,13 +497,13 @@ def test_barge_in_truncates_the_latest_item_of_the_response():
 
 def test_barge_in_while_playback_drains_truncates_without_cancel():
     t = Turn().speak(1000)
-    assert t.event(done("resp_1")) == [EndPlayback("resp_1")]
+    assert t.event(done("resp_1")) == [EndPlayback(1)]
     assert t.start(Played("item_1", 600)) == [
-        StopPlayback("resp_1"),
+        StopPlayback(1),
         Send(p.ConversationItemTruncate("item_1", 600, event_id="truncate")),
         Changed(SPEAKING, LISTENING),
     ]
-    assert t.playback_done("resp_1") == []  # the stopped reply reports nothing more
+    assert t.playback_done(1) == []  # the stopped reply reports nothing more
     assert t.state is LISTENING
     t.audio(300)
     assert t.commit() == commit_actions(2)  # nothing in flight: create at once
@@ -546,13 +571,13 @@ CANCEL: dict[str, list[Action]] = {
         Changed(THINKING, IDLE),
     ],
     "speaking": [
-        StopPlayback("resp_1"),
+        StopPlayback(1),
         Send(p.ResponseCancel("resp_1", event_id="cancel_1")),
         Send(p.ConversationItemTruncate("item_1", 700, event_id="truncate")),
         Changed(SPEAKING, IDLE),
     ],
     "speaking-done": [
-        StopPlayback("resp_1"),
+        StopPlayback(1),
         Send(p.ConversationItemTruncate("item_1", 700, event_id="truncate")),
         Changed(SPEAKING, IDLE),
     ],
@@ -617,8 +642,12 @@ def test_refused_commit_calls_off_the_response():
     assert t.event(refusal) == [
         Notice("error", f"server error (input_audio_buffer_commit_empty): {COMMIT_EMPTY}"),
         Send(p.ResponseCancel(event_id="cancel_1")),
+        # The server keeps the audio of a refused commit: it must not reach the next turn.
+        Send(p.InputAudioBufferClear(event_id="clear_1")),
         Changed(THINKING, IDLE),
     ]
+    assert t.ended == [(1, Outcome.FAILED)]
+    assert t.chimes[-1] == "error"
     assert t.event(created("resp_1")) == []
     assert t.event(delta("resp_1")) == []
     assert t.event(done("resp_1", "cancelled", "client_cancelled")) == []  # expected: no notice
@@ -664,9 +693,9 @@ def test_failed_response_while_speaking_ends_after_playback():
     t = Turn().speak()
     assert t.event(done("resp_1", "failed", None)) == [
         Notice("error", "response failed"),
-        EndPlayback("resp_1"),
+        EndPlayback(1),
     ]
-    assert t.playback_done("resp_1") == [Changed(SPEAKING, IDLE)]
+    assert t.playback_done(1) == [Changed(SPEAKING, IDLE)]
 
 
 def test_refused_create_of_a_cancelled_turn_releases_the_waiting_create():
@@ -708,22 +737,27 @@ def test_connection_lost_resets_the_turn(name: str):
     actions = t.connection_lost()
     expected: list[Action] = []
     if state is SPEAKING:
-        expected.append(StopPlayback("resp_1"))
+        expected.append(StopPlayback(1))
     if state is not IDLE:
-        expected.append(Notice("warning", f"turn lost while {state}: connection ended"))
+        expected.append(Notice("warning", f"turn lost while {state}: connection ended: gone"))
     assert [a for a in actions if not isinstance(a, Changed)] == expected
     assert (t.state, t.ctl.turns, t.ctl.listening) == (IDLE, turns, False)
     # Nothing of the old connection survives: a fresh turn works from scratch.
     assert t.event(delta("resp_1")) == []
     assert t.event(done("resp_1")) == []
-    assert t.playback_done("resp_1") == []
+    assert t.playback_done(1) == []
+    assert t.start() == [
+        Notice("warning", "start refused: not connected to the realtime server (gone)")
+    ]  # until reconnected
+    assert t.ctl.turns == turns
+    assert t.event(p.SessionUpdated("session.updated", {})) == []
     assert t.start() == [Changed(IDLE, LISTENING)]
     assert t.ctl.turns == turns + 1
     t.audio(300)
     assert t.commit() == commit_actions(turns + 1)
     assert t.event(created("resp_9")) == []
     reply = delta("resp_9", "item_9")
-    assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply)]
+    assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply, turns + 1)]
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

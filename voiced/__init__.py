@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from voiced.plugin_api import Plugin as Plugin
     from voiced.plugin_api import PluginSpec as PluginSpec
     from voiced.turn import Command as Command
+    from voiced.turn import Outcome as Outcome
     from voiced.turn import State as State
     from voiced.turn import TurnCommand as TurnCommand
 
@@ -41,6 +42,7 @@ _LAZY = {
     "Plugin": "voiced.plugin_api",
     "PluginSpec": "voiced.plugin_api",
     "Command": "voiced.turn",
+    "Outcome": "voiced.turn",
     "State": "voiced.turn",
     "TurnCommand": "voiced.turn",
 }

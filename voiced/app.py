@@ -22,18 +22,20 @@ import trio
 from voiced import devices
 from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
+from voiced.auth import ApiKey
+from voiced.broadcast import Subscription
 from voiced.config import Config
-from voiced.devices.wav import WavSink, read_wav
+from voiced.devices.wav import WavSpeaker, read_wav
 from voiced.earcons import load_earcons
 from voiced.errors import ConfigError, VoicedError
 from voiced.events import Event, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
-from voiced.session import Status
+from voiced.saved import SavedState, saved_state_file
+from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
 from voiced.stages.transport import Endpoint
-from voiced.state import State, state_file
-from voiced.turn import Command, TurnCommand
+from voiced.turn import Command, TurnCommand, TurnController
 
 log = logging.getLogger("voiced")
 
@@ -84,7 +86,7 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
     if url != "sim":
         assert config.auth.api_key is not None  # choose_url checked it
         log.info("realtime: %s, model %s", url, config.realtime.model)
-        yield Endpoint(url, config.realtime.model, config.auth.api_key, timeout)
+        yield Endpoint(url, config.realtime.model, ApiKey(config.auth.api_key), timeout)
         return
     from voiced.sim import Simulator  # only the simulator's users pay for importing it
 
@@ -94,7 +96,7 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
         port = await nursery.start(Simulator(api_key=token, pace=0.0).serve)
         sim_url = f"ws://127.0.0.1:{port}/v1/realtime"
         log.info("realtime: the simulator built into voiced at %s (%s)", sim_url, why)
-        yield Endpoint(sim_url, config.realtime.model, token, timeout)
+        yield Endpoint(sim_url, config.realtime.model, ApiKey(token, "the simulator"), timeout)
         nursery.cancel_scope.cancel()
 
 
@@ -105,20 +107,20 @@ class _Handle:
     commands: trio.MemorySendChannel[TurnCommand]
     pipeline: Pipeline
     name: str
-    state: State
+    saved: SavedState
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
-        return self.pipeline.broadcast.subscribe(self.name)
+    def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
+        return self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)
 
     def status(self) -> dict[str, Any]:
-        return self.pipeline.session.status.to_json()
+        return self.pipeline.status()
 
     async def set_volume(self, volume: float) -> None:
         if not 0.0 <= volume <= 1.0:
             raise ValueError(f"volume must be between 0.0 and 1.0, got {volume}")
-        self.pipeline.player.sink.volume = volume
+        self.pipeline.player.speaker.volume = volume
         log.info("volume %.2f (set by %s)", volume, self.name)
-        await self.state.save(volume=volume)
+        await self.saved.save(volume=volume)
 
 
 async def _run_plugin(
@@ -196,20 +198,25 @@ async def run_daemon(
             await run_daemon(config, shutdown_trigger=on_signal, task_status=task_status)
         return
     plugins = Plugins(config).create_enabled()
-    source = await devices.open_source(config.audio.input)
-    sink = await devices.open_sink(config.audio.output)
-    state = State(state_file())
-    sink.volume = _volume(config, state)
-    async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
-        status = Status(endpoint.url, endpoint.model, source, sink)
+    saved = SavedState(saved_state_file())
+    audio = config.audio
+    async with (
+        devices.open_microphone(audio.input) as microphone,
+        devices.open_speaker(audio.output) as speaker,
+        open_endpoint(config) as endpoint,
+        trio.open_nursery() as sinks,
+    ):
+        speaker.volume = _volume(config, saved)
         async with open_pipeline(
-            endpoint, session_update(config), source=source, sink=sink, status=status,
-            reconnect=True, preroll_ms=config.audio.input.preroll_ms,
-            half_duplex=config.audio.half_duplex, earcons=load_earcons(config.audio.earcons),
+            endpoint, session_update(config), microphone=microphone, speaker=speaker,
+            reconnect=True,
+            controller=TurnController(max_turn_s=audio.max_turn_s, on_max_turn=audio.on_max_turn),
+            gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
+            earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
-            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, state)
+            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, saved)
             async with trio.open_nursery() as inputs:
-                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe, state)
+                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe, saved)
                 log.info("ready: %s", ", ".join(s.spec.name for s in plugins) or "no plugins")
                 task_status.started(pipe)
                 await shutdown_trigger()
@@ -218,20 +225,20 @@ async def run_daemon(
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
 
 
-def _volume(config: Config, state: State) -> float:
+def _volume(config: Config, saved: SavedState) -> float:
     """The volume last set at run time, else the configured one."""
-    saved = state.values.get("volume")
-    if isinstance(saved, int | float) and 0.0 <= saved <= 1.0:
-        log.info("volume %.2f, as last set (%s)", saved, state.path)
-        return float(saved)
+    volume = saved.values.get("volume")
+    if isinstance(volume, int | float) and 0.0 <= volume <= 1.0:
+        log.info("volume %.2f, as last set (%s)", volume, saved.path)
+        return float(volume)
     return config.audio.output.volume
 
 
 async def _start_plugins(
-    nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline, state: State
+    nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline, saved: SavedState
 ) -> None:
     for loaded in plugins:
-        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, state)
+        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, saved)
         await nursery.start(_run_plugin, loaded, handle)
 
 
@@ -254,18 +261,16 @@ async def ask(
     """
     utterances = [read_wav(path) for path in inputs]
     sinks_only = [s for s in Plugins(config).create_enabled() if not s.spec.input]
-    sink = WavSink(out, realtime=False)
+    speaker = WavSpeaker(out, realtime=False)
     results: list[TurnEnded] = []
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
-        status = Status(endpoint.url, endpoint.model, None, sink)
         async with open_pipeline(
-            endpoint, session_update(config), source=None, sink=sink, status=status,
-            reconnect=False,
-        ) as pipe:  # fmt: skip
-            events = pipe.broadcast.subscribe("ask")
-            await _start_plugins(sinks, sinks_only, pipe, State(state_file()))
+            endpoint, session_update(config), microphone=None, speaker=speaker, reconnect=False
+        ) as pipe:
+            events = pipe.broadcast.subscribe("ask", TurnEnded)
+            await _start_plugins(sinks, sinks_only, pipe, SavedState(saved_state_file()))
             with trio.fail_after(config.realtime.connect_timeout + 5):
-                await pipe.session.ready.wait()
+                await pipe.ready.wait()
             for pcm in utterances:
                 with trio.move_on_after(turn_timeout) as scope:
                     results.append(await _turn(pipe, pcm, events))
@@ -276,7 +281,7 @@ async def ask(
     return results
 
 
-async def _turn(pipe: Pipeline, pcm: bytes, events: trio.MemoryReceiveChannel[Event]) -> TurnEnded:
+async def _turn(pipe: Pipeline, pcm: bytes, events: Subscription) -> TurnEnded:
     await pipe.inbound.send(TurnCommand(Command.START, "ask"))
     step = bytes_of(APPEND_MS)  # a file needs no live pacing: frames the size of an append
     for start in range(0, len(pcm), step):

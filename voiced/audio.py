@@ -65,12 +65,13 @@ class ReplyAudio:
 
     Attributes:
         pcm: 24 kHz mono PCM16 little-endian bytes.
-        response_id: the response it belongs to.
+        turn: the turn whose reply it is (turn numbers only grow; response ids restart on
+            every connection).
         item_id: the assistant item it belongs to (the key of ``conversation.item.truncate``).
     """
 
     pcm: bytes
-    response_id: str
+    turn: int
     item_id: str
 
 
@@ -84,6 +85,7 @@ class Earcon:
 
 @dataclass
 class EndOfReply:
-    """Marks the end of a response's audio in the playback queue."""
+    """Marks the end of a reply's audio in the playback queue; the speaker's task sends it back
+    once all of it was played."""
 
-    response_id: str
+    turn: int

@@ -194,6 +194,14 @@ class AudioConfig:
     """While the agent speaks, the microphone's audio is thrown away rather than kept for the
     next turn's pre-roll, so a barge-in never sends the agent's own voice back. Turn it off
     with an echo-cancelling microphone or a headset."""
+    max_turn_s: float = 60.0
+    """The longest a turn listens (seconds): a stuck button or a forgotten toggle ends there."""
+    on_max_turn: Literal["commit", "cancel"] = "commit"
+    """What the limit does: ``commit`` sends what was heard, ``cancel`` throws it away."""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.max_turn_s <= 3600.0:
+            raise FieldError("must be between 1 and 3600 seconds", field="max_turn_s")
 
 
 @dataclass(frozen=True)

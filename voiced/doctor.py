@@ -69,18 +69,19 @@ def tone(seconds: float, freq: float = 440.0, level: float = 0.3) -> bytes:
 async def check_realtime(config: Config) -> Finding:
     """The endpoint accepts the key and opens a session."""
     from voiced.app import open_endpoint, session_update
-    from voiced.stages.transport import Connected, Inbound, Wire, run_transport
+    from voiced.messages import Connected, TransportNews
+    from voiced.stages.transport import LinkStats, Renew, run_transport
 
     async with open_endpoint(config) as endpoint:
-        out_send, out_recv = trio.open_memory_channel[p.ClientEvent](1)
-        in_send, in_recv = trio.open_memory_channel[Inbound](16)
+        out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](1)
+        in_send, in_recv = trio.open_memory_channel[TransportNews](16)
         hello = session_update(config)
         failure: VoicedError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
                     lambda: run_transport(
-                        endpoint, hello, out_recv, in_send, wire=Wire(), reconnect=False
+                        endpoint, hello, out_recv, in_send, stats=LinkStats(), reconnect=False
                     )
                 )
                 async for news in in_recv:
@@ -102,18 +103,18 @@ FIX_REALTIME = (
 
 async def check_microphone(config: Config, seconds: float = RECORD_SECONDS) -> Finding:
     """Two seconds from the microphone, and their level."""
-    source = await devices.open_source(config.audio.input)
     send, receive = trio.open_memory_channel[AudioFrame](1024)
     heard = bytearray()
-    with trio.move_on_after(seconds + 3):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(source.run, send)
-            with trio.move_on_after(seconds):
-                async for frame in receive:
-                    heard += frame.pcm
-            nursery.cancel_scope.cancel()
-    name = str(source.statistics().get("name"))
-    error = source.statistics().get("error")
+    async with devices.open_microphone(config.audio.input) as microphone:
+        with trio.move_on_after(seconds + 3):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(microphone.run, send)
+                with trio.move_on_after(seconds):
+                    async for frame in receive:
+                        heard += frame.pcm
+                nursery.cancel_scope.cancel()
+    name = str(microphone.statistics().get("name"))
+    error = microphone.statistics().get("error")
     if error or len(heard) < RATE * seconds:  # 2 bytes a sample: less than half arrived
         why = error or f"only {len(heard) / 2 / RATE:.1f} s of audio arrived"
         return Finding("microphone", False, f"{name}: {why}", _fix_device("input"))
@@ -129,14 +130,11 @@ async def check_microphone(config: Config, seconds: float = RECORD_SECONDS) -> F
 
 async def check_speaker(config: Config) -> Finding:
     """The speaker takes a one-second tone."""
-    sink = await devices.open_sink(config.audio.output)
-    try:
-        await sink.open()
-        await sink.play(tone(TONE_SECONDS))
-        await sink.drain()
-    finally:
-        await sink.aclose()
-    stats = sink.statistics()
+    async with devices.open_speaker(config.audio.output) as speaker:
+        await speaker.open()
+        await speaker.play(tone(TONE_SECONDS))
+        await speaker.drain()
+    stats = speaker.statistics()
     if stats.get("error") or stats.get("dropped_ms"):
         why = stats.get("error") or "the tone was dropped"
         return Finding("speaker", False, f"{stats.get('name')}: {why}", _fix_device("output"))

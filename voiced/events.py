@@ -1,6 +1,8 @@
-"""What the daemon tells its sinks: transcripts, state changes and finished turns.
+"""What the daemon tells its sinks: transcripts, state changes, finished turns, the connection
+and the devices.
 
-Every sink gets every event on a bounded channel of its own (``voiced.router.Broadcast``).
+A sink subscribes to the kinds it wants on a bounded channel of its own
+(``voiced.broadcast.Broadcast``); ``/status`` is built from the same events (``voiced.status``).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from voiced.turn import State
+from voiced.turn import Outcome, State
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
 # and this module is on every start-up path (bench/README.md). Treat instances as immutable.
@@ -48,24 +50,29 @@ class TurnEnded:
 
     Attributes:
         turn: which.
-        outcome: ``completed`` (the reply was played), ``interrupted`` (barge-in or cancel),
-            ``too_short``, ``failed`` (a server error or failed response) or ``lost``
-            (the connection ended).
+        outcome: ``completed`` (the reply was played), ``interrupted`` (a barge-in),
+            ``cancelled``, ``too_short``, ``failed`` (a server error or failed response) or
+            ``lost`` (the connection ended or the session expired).
         latencies: milliseconds, each present when measured: ``commit`` (the press that ended
             listening → the commit on the wire), ``first_audio`` (commit on the wire → first reply
-            audio received), ``first_play`` (first reply audio received → handed to the speaker).
+            audio received), ``first_play`` (first reply audio received → its first sample
+            reached the speaker).
+        reason: why it did not complete, when it did not.
     """
 
     turn: int
-    outcome: str
+    outcome: Outcome
     latencies: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
 
 
 @dataclass
 class ConnectionChanged:
-    """The link to the realtime server came up (``error`` None) or went down (why)."""
+    """The link to the realtime server came up, became ready for turns (the session is
+    configured), or went down (``error`` says why; None when closed on purpose to renew)."""
 
     connected: bool
+    ready: bool = False
     error: str | None = None
 
 

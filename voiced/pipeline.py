@@ -14,20 +14,25 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 
 from voiced import protocol as p
+from voiced.actions import Play
 from voiced.audio import AudioFrame, Earcon, EndOfReply, ReplyAudio
-from voiced.devices.base import AudioSink, AudioSource
+from voiced.broadcast import Broadcast
+from voiced.devices.base import Microphone, Speaker
 from voiced.events import DeviceChanged
-from voiced.router import Broadcast, Inbound, Shutdown, run_intake
-from voiced.session import Session, Status
+from voiced.messages import Inbound, RenewSession, Shutdown
+from voiced.session import Session
+from voiced.stages.capture import AudioGate, run_intake
 from voiced.stages.decode import run_decode
 from voiced.stages.encode import run_encode
 from voiced.stages.playback import Player
-from voiced.stages.transport import Endpoint, run_transport
-from voiced.turn import TurnCommand
+from voiced.stages.transport import Endpoint, LinkStats, Renew, run_transport
+from voiced.status import Status
+from voiced.turn import TurnCommand, TurnController
 
 INBOUND_BUFFER = 256
 """Session inbound: ~5 s of 20 ms frames. Full: capture drops frames (counted), commands and
@@ -54,16 +59,38 @@ class Pipeline:
     Attributes:
         commands: send ``TurnCommand``s here (clone it for each input).
         inbound: the session's inbound channel, for drivers that feed audio themselves.
-        session: the session task's state (``ready``, ``status``).
+        ready: set the first time the session is ready for a turn.
         broadcast: subscribe here for events.
         player: the speaker's owner.
     """
 
     commands: trio.MemorySendChannel[TurnCommand]
     inbound: trio.MemorySendChannel[Inbound]
-    session: Session
+    ready: trio.Event
     broadcast: Broadcast
     player: Player
+    _status: Status
+    _stats: LinkStats
+    _microphone: Microphone | None
+
+    def status(self) -> dict[str, Any]:
+        """The JSON-ready snapshot ``/status`` shows."""
+        devices = {"output": self.player.speaker.statistics}
+        if self._microphone is not None:
+            devices["input"] = self._microphone.statistics
+        return self._status.to_json(
+            devices=devices,
+            link={
+                "connects": self._stats.connects,
+                "events_sent": self._stats.events_sent,
+                "events_received": self._stats.events_received,
+            },
+            dropped=self.broadcast.dropped(),
+        )
+
+    async def renew(self) -> None:
+        """Ask for a fresh session as soon as the daemon is idle."""
+        await self.inbound.send(RenewSession())
 
 
 @asynccontextmanager
@@ -71,12 +98,11 @@ async def open_pipeline(
     endpoint: Endpoint,
     hello: p.SessionUpdate,
     *,
-    source: AudioSource | None,
-    sink: AudioSink,
-    status: Status,
+    microphone: Microphone | None,
+    speaker: Speaker,
     reconnect: bool,
-    preroll_ms: int = 0,
-    half_duplex: bool = True,
+    controller: TurnController | None = None,
+    gate: AudioGate | None = None,
     earcons: Mapping[str, bytes] | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Run the data path for the body of the ``async with``; drain it on the way out.
@@ -84,47 +110,48 @@ async def open_pipeline(
     Args:
         endpoint: the realtime server.
         hello: the session configuration, sent first on every connection.
-        source: the microphone, or None when the caller feeds ``inbound`` itself.
-        sink: the speaker.
-        status: the live status to keep.
+        microphone: the microphone, or None when the caller feeds ``inbound`` itself.
+        speaker: the speaker.
         reconnect: a daemon (reconnect with backoff) rather than one batch (fail fast).
-        preroll_ms: audio from before a press sent with the turn.
-        half_duplex: see ``Session``.
+        controller: the push-to-talk rules (default: the defaults).
+        gate: what of the captured audio is sent (default: no pre-roll, half duplex).
         earcons: the sounds played on listening, commit, error and too short, by name.
     """
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
-    encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent](ENCODE_BUFFER)
-    out_send, out_recv = trio.open_memory_channel[p.ClientEvent](OUTBOUND_BUFFER)
-    decode_send, decode_recv = trio.open_memory_channel[p.OutputAudioDelta | EndOfReply | Earcon](
-        DECODE_BUFFER
+    encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent | Renew](
+        ENCODE_BUFFER
     )
+    out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](OUTBOUND_BUFFER)
+    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | Earcon](DECODE_BUFFER)
     play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](
         PLAYBACK_BUFFER
     )
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
     broadcast = Broadcast()
+    status = Status(endpoint.url, endpoint.model)
+    stats = LinkStats()
     # Device failures and recoveries are events every sink can receive.
-    if source is not None:
-        source.watch(
+    if microphone is not None:
+        microphone.watch(
             lambda name, error: broadcast.publish(DeviceChanged("microphone", name, error))
         )
-    sink.watch(lambda name, error: broadcast.publish(DeviceChanged("speaker", name, error)))
-    player = Player(sink)
+    speaker.watch(lambda name, error: broadcast.publish(DeviceChanged("speaker", name, error)))
+    player = Player(speaker)
     session = Session(
+        controller=controller or TurnController(),
+        gate=gate or AudioGate(),
+        status=status,
+        broadcast=broadcast,
         to_encode=encode_send,
         to_decode=decode_send,
         player=player,
-        broadcast=broadcast,
-        status=status,
-        preroll_ms=preroll_ms,
-        half_duplex=half_duplex,
         earcons=earcons or {},
     )
     async with trio.open_nursery() as core:
         core.start_soon(session.run, inbound_recv)
         core.start_soon(run_encode, encode_recv, out_send)
         core.start_soon(
-            partial(run_transport, wire=status.wire, reconnect=reconnect),
+            partial(run_transport, stats=stats, reconnect=reconnect),
             endpoint,
             hello,
             out_recv,
@@ -133,10 +160,13 @@ async def open_pipeline(
         core.start_soon(run_decode, decode_recv, play_send)
         await core.start(player.run, play_recv, inbound_send.clone())
         async with trio.open_nursery() as edge:
-            if source is not None:
-                await edge.start(source.run, inbound_send.clone())
-            edge.start_soon(run_intake, command_recv, inbound_send.clone(), source)
-            yield Pipeline(command_send, inbound_send, session, broadcast, player)
+            if microphone is not None:
+                await edge.start(microphone.run, inbound_send.clone())
+            edge.start_soon(run_intake, command_recv, inbound_send.clone(), microphone)
+            yield Pipeline(
+                command_send, inbound_send, session.ready, broadcast, player, status, stats,
+                microphone,
+            )  # fmt: skip
             edge.cancel_scope.cancel()
         async with inbound_send:
             await inbound_send.send(Shutdown())

@@ -2,8 +2,10 @@
 
 A plugin's ``run(daemon, task_status=...)`` is started with ``nursery.start`` and must call
 ``task_status.started()`` once it is ready (its port bound, its subscription made). An input sends
-``TurnCommand``s on ``daemon.commands``; a sink reads events from ``daemon.subscribe()``, which
-ends when the daemon shuts down. Plugins never touch the WebSocket or the audio devices.
+``TurnCommand``s on ``daemon.commands``; a sink reads the events it wants from
+``daemon.subscribe(Transcript, ...)``, which ends when the daemon shuts down. Plugins never touch
+the WebSocket or the audio devices. ``voiced.testing.FakeDaemon`` stands in for the daemon in a
+plugin's tests.
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ class Daemon(Protocol):
     commands: trio.MemorySendChannel[TurnCommand]
     """This plugin's own clone of the command channel; closed for it when it finishes."""
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
-        """A bounded channel of every event from now on; a slow reader drops, never stalls."""
+    def subscribe(
+        self, *kinds: type[Event], durable: bool = False
+    ) -> trio.abc.ReceiveChannel[Event]:
+        """A bounded queue of the events of ``kinds`` (every event, if none) from now on.
+
+        A reader that does not keep up loses events (counted in ``/status``), never stalls the
+        daemon; with ``durable`` a transcript is never dropped, for a sink that stores what it
+        gets (an outbox). The queue ends when the daemon shuts down.
+        """
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot of the daemon's state (what ``GET /status`` shows)."""

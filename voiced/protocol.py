@@ -199,7 +199,8 @@ class InputTranscriptionFailed(ServerEvent):
 
 @dataclass
 class ResponseCreated(ServerEvent):
-    response_id: str
+    response_id: str | None
+    """None when the server leaves it out (the SDK types it optional)."""
 
 
 @dataclass
@@ -224,9 +225,10 @@ class ConversationItemTruncated(ServerEvent):
 
 @dataclass
 class ResponseDone(ServerEvent):
-    response_id: str
-    status: str
-    """``completed``, ``cancelled``, ``failed`` or ``incomplete``."""
+    response_id: str | None
+    """None when the server leaves it out: then it is the response in flight."""
+    status: str | None
+    """``completed``, ``cancelled``, ``failed`` or ``incomplete``; None when left out."""
     reason: str | None
     """``status_details.reason``, or the error message of a failed response."""
 
@@ -318,7 +320,7 @@ def _response_done(t: str, d: Json) -> ServerEvent:
     reason = details.get("reason") if isinstance(details, dict) else None
     if reason is None and isinstance(details, dict) and isinstance(details.get("error"), dict):
         reason = details["error"].get("message")
-    return ResponseDone(t, _str(response, "id", t), _str(response, "status", t), reason)
+    return ResponseDone(t, _opt_str(response, "id"), _opt_str(response, "status"), reason)
 
 
 def _error(t: str, d: Json) -> ServerEvent:
@@ -347,7 +349,7 @@ _PARSERS: Mapping[str, Callable[[str, Json], ServerEvent]] = {
     "conversation.item.truncated": lambda t, d: ConversationItemTruncated(
         t, _str(d, "item_id"), _int(d, "audio_end_ms")
     ),
-    "response.created": lambda t, d: ResponseCreated(t, _str(_sub(d, "response"), "id", t)),
+    "response.created": lambda t, d: ResponseCreated(t, _opt_str(_sub(d, "response"), "id")),
     "response.output_audio.delta": _audio_delta,
     "response.output_audio_transcript.done": lambda t, d: OutputTranscriptDone(
         t, _str(d, "response_id"), _str(d, "item_id"), _str(d, "transcript")

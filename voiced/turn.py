@@ -1,28 +1,56 @@
-"""The push-to-talk turn controller: a pure state machine, no I/O.
+"""The push-to-talk turn controller: a pure state machine, no I/O, and every push-to-talk rule.
 
 idle → listening (start) → thinking (commit) → speaking (first reply audio) → idle (reply played),
-with barge-in from thinking or speaking straight back to listening. Feed it commands, server events
-and playback news; read back the ``Action``s it wants carried out, in order. Every rule of
-push-to-talk lives here:
+with barge-in from thinking or speaking straight back to listening. Feed it commands, server events,
+playback news, the connection's news and the time; read back the ``Action``s it wants carried out,
+in order. The rules:
 
+- a start is refused while the session is not ready (not connected, or not configured yet), with
+  the reason; a toggle is resolved here, once, into a start or a commit;
 - a commit of less than 100 ms of audio sends ``input_audio_buffer.clear``, never a commit;
 - a commit is always followed by ``response.create``, and never two responses are in flight: when
   the previous one was cancelled but is not done yet, the create waits for its ``response.done``;
-- ``start`` while the agent thinks or speaks is a barge-in: stop playback, ``response.cancel``
-  (if the response is not done), ``conversation.item.truncate`` at the milliseconds actually
-  played, and reply audio of the cancelled response is dropped from then on.
+- a barge-in (start while thinking or speaking) stops the speaker, then reads its position,
+  cancels the response if it is not done, truncates the item that was playing at what came out,
+  and drops the cancelled response's audio from then on;
+- a server ``error`` answering the commit clears the input buffer (the server keeps the audio);
+- listening ends by itself at the stuck-button deadline (``max_turn_s``): commit, or cancel;
+- every turn ends with one typed ``Outcome``, and transcripts are matched to their turn by id;
+- a ``session_expired`` error is the server ending the session, not a failure of the turn.
+
+Reply audio, stops and ends of playback are keyed by turn number, which only grows: response ids
+start again on every connection, turn numbers never do.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 from voiced import protocol as p
+from voiced.actions import (
+    Action,
+    Changed,
+    Chime,
+    EndPlayback,
+    Notice,
+    Play,
+    Reconnect,
+    Send,
+    StopPlayback,
+    Transcribed,
+    Truncate,
+    TurnOver,
+)
 from voiced.audio import BYTES_PER_MS, MIN_COMMIT_MS
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
 # and this module is on every start-up path (bench/README.md). Treat instances as immutable.
+
+RECENT_IDS = 32
+"""Item and response ids remembered to match late transcripts to their turn."""
 
 
 class State(enum.StrEnum):
@@ -39,6 +67,23 @@ class Command(enum.StrEnum):
     TOGGLE = "toggle"
 
 
+class Outcome(enum.StrEnum):
+    """How a turn ended."""
+
+    COMPLETED = "completed"
+    """The reply was played to its end."""
+    INTERRUPTED = "interrupted"
+    """A new press barged in on the reply."""
+    CANCELLED = "cancelled"
+    """A cancel command (or the stuck-button limit, so configured) ended it."""
+    TOO_SHORT = "too_short"
+    """Less than 100 ms was heard: nothing was sent."""
+    FAILED = "failed"
+    """The server refused the commit or the response, or the response failed."""
+    LOST = "lost"
+    """The connection ended (or the session expired) before the turn did."""
+
+
 @dataclass
 class TurnCommand:
     """What an input asks for. ``source`` names the input, for logs; ``at`` is the trio time
@@ -49,109 +94,74 @@ class TurnCommand:
     at: float | None = None
 
 
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass
-class Send:
-    """Send this client event, in order with the audio already handed over."""
-
-    event: p.ClientEvent
-
-
-@dataclass
-class Play:
-    """Hand this reply audio to playback."""
-
-    delta: p.OutputAudioDelta
-
-
-@dataclass
-class EndPlayback:
-    """The response's audio is complete: playback reports when it has played all of it."""
-
-    response_id: str
-
-
-@dataclass
-class StopPlayback:
-    """Stop the speaker now and drop the rest of this response's audio."""
-
-    response_id: str | None
-
-
-@dataclass
-class Changed:
-    """The state changed."""
-
-    old: State
-    new: State
-
-
-@dataclass
-class Notice:
-    """Something an operator should read: ``level`` is ``info``, ``warning`` or ``error``."""
-
-    level: str
-    """``info``; ``warning``; ``error`` when the turn failed because of it."""
-    message: str
-
-
-Action = Send | Play | EndPlayback | StopPlayback | Changed | Notice
-
-
-@dataclass
-class Played:
-    """How much of an assistant item came out of the speaker, for a barge-in truncate."""
-
-    item_id: str
-    ms: int
-
-
 class TurnController:
-    """The push-to-talk state machine. Not thread-safe; one task owns it."""
+    """The push-to-talk state machine. Not thread-safe; one task owns it.
 
-    def __init__(self) -> None:
+    Args:
+        max_turn_s: seconds of listening before the stuck-button limit ends it.
+        on_max_turn: what the limit does: ``commit`` what was heard, or ``cancel`` it.
+    """
+
+    def __init__(
+        self, *, max_turn_s: float = 60.0, on_max_turn: Literal["commit", "cancel"] = "commit"
+    ) -> None:
         self.turns = 0
         """Turns started (each ``start`` from idle or barge-in)."""
+        self.ready = False
+        """The session is configured (``session.updated``) and a turn can start."""
+        self._max_turn_s = max_turn_s
+        self._on_max_turn = on_max_turn
+        self._offline = "not connected to the realtime server yet"  # why not ready
+        self._expired: str | None = None  # the server said the session expired
+        self._renew = False  # a fresh session is wanted as soon as the daemon is idle
+        self._turn_of: dict[str, int] = {}  # item or response id → turn, for transcripts
         self._reset()
 
     def _reset(self) -> None:
         self.state = State.IDLE
+        self.deadline = math.inf
+        """Trio time at which ``tick`` ends listening (the stuck-button limit)."""
+        self._outcome = Outcome.COMPLETED  # how the current turn ends unless something happens
+        self._reason: str | None = None
         self._buffered = 0  # bytes of audio appended in the current listening phase
         self._in_flight = False  # a response.create was sent and its response.done not seen
-        self._response_id: str | None = None  # the response in flight, once created
+        self._created = False  # response.created arrived for the response in flight
+        self._response_id: str | None = None  # the response in flight, once known
+        self._response_turn = 0  # the turn the response in flight answers
         self._cancel_unnamed = False  # a cancel was sent before the response had an id
         self._cancelled: set[str] = set()
         self._create_pending = False  # a commit is waiting for the previous response to end
-        self._item_id: str | None = None  # assistant item of the response being spoken
+        self._item_id: str | None = None  # assistant item being spoken
         self._item_bytes = 0  # reply bytes received for that item
-        self._speaking_response: str | None = None
         self._commit_id: str | None = None  # event id of the current turn's commit
         self._create_id: str | None = None  # event id of the response.create in flight
 
     @property
     def listening(self) -> bool:
-        """Whether captured audio should be sent now (the gate)."""
+        """Whether captured audio should be sent now."""
         return self.state is State.LISTENING
 
     # ------------------------------------------------------------------ inputs
 
-    def command(self, cmd: TurnCommand, played: Played | None = None) -> list[Action]:
-        """Handle an input's command.
-
-        Args:
-            cmd: the command.
-            played: the speaker's position (item and milliseconds played), for a barge-in.
-        """
+    def command(self, cmd: TurnCommand, now: float) -> list[Action]:
+        """Handle an input's command, received at trio time ``now``."""
         kind = cmd.command
         if kind is Command.TOGGLE:
             kind = Command.COMMIT if self.state is State.LISTENING else Command.START
         if kind is Command.START:
-            return self._start(played)
+            return self._start(cmd, now)
         if kind is Command.COMMIT:
             return self._commit()
-        return self._cancel(played)
+        return self._cancel(Outcome.CANCELLED, f"cancelled by {cmd.source or 'an input'}")
+
+    def tick(self, now: float) -> list[Action]:
+        """The time is ``now``: end listening that reached its deadline (a stuck button)."""
+        if self.state is not State.LISTENING or now < self.deadline:
+            return []
+        said = f"still listening after {self._max_turn_s:g} s (a stuck button?)"
+        if self._on_max_turn == "cancel":
+            return [Notice("warning", f"{said}: cancelled"), *self._cancel(Outcome.CANCELLED, said)]
+        return [Notice("warning", f"{said}: sending what was heard"), *self._commit()]
 
     def audio_sent(self, nbytes: int) -> None:
         """Account for audio handed to the encoder while listening."""
@@ -162,57 +172,114 @@ class TurnController:
         if isinstance(event, p.OutputAudioDelta):
             return self._delta(event)
         if isinstance(event, p.ResponseCreated):
-            if self._in_flight and self._response_id is None:
-                self._response_id = event.response_id
-                if self._cancel_unnamed:
-                    self._cancelled.add(event.response_id)
+            if self._in_flight and not self._created:
+                self._created = True
+                self._name_response(event.response_id)
             return []
         if isinstance(event, p.ResponseDone):
             return self._response_done(event)
         if isinstance(event, p.ErrorEvent):
             return self._error(event)
+        if isinstance(event, p.SessionUpdated):
+            self.ready = True
+            return []
+        if isinstance(event, p.InputAudioBufferCommitted):
+            self._remember(event.item_id, self.turns)
+            return []
+        if isinstance(event, p.InputTranscriptionCompleted):
+            turn = self._turn_of.get(event.item_id, self.turns)
+            return [Transcribed("user", event.transcript, turn, event.item_id)]
+        if isinstance(event, p.OutputTranscriptDone):
+            turn = self._turn_of.get(event.response_id, self.turns)
+            return [Transcribed("agent", event.transcript, turn, event.item_id)]
+        if isinstance(event, p.InputTranscriptionFailed):
+            return [Notice("warning", f"transcription of {event.item_id} failed: {event.message}")]
         return []
 
-    def playback_done(self, response_id: str) -> list[Action]:
-        """Playback has played every sample of ``response_id``."""
-        if self.state is State.SPEAKING and response_id == self._speaking_response:
-            return self._to(State.IDLE)
+    def playback_done(self, turn: int) -> list[Action]:
+        """The speaker has played every sample of the reply of ``turn``."""
+        if self.state is State.SPEAKING and turn == self._response_turn:
+            return self._end()
         return []
 
-    def connection_lost(self) -> list[Action]:
+    def connection_lost(self, why: str) -> list[Action]:
         """The connection ended: whatever was in flight is gone with it."""
-        actions: list[Action] = []
-        if self.state is State.SPEAKING:
-            actions.append(StopPlayback(self._speaking_response))
+        self.ready = False
+        self._renew = False  # the next connection is a fresh session anyway
+        expired, self._expired = self._expired, None
+        self._offline = f"not connected to the realtime server ({expired or why})"
         old = self.state
-        if old is not State.IDLE:
-            actions.append(Notice("warning", f"turn lost while {old}: connection ended"))
+        if old is State.IDLE:
+            self._reset()
+            return []
+        actions: list[Action] = [StopPlayback(self.turns)] if old is State.SPEAKING else []
+        said = expired or f"connection ended: {why}"
+        actions.append(Notice("warning", f"turn lost while {old}: {said}"))
+        self._outcome, self._reason = Outcome.LOST, said
+        actions += self._end()
         self._reset()
-        return actions + ([Changed(old, State.IDLE)] if old is not State.IDLE else [])
+        return actions
+
+    def renew(self) -> list[Action]:
+        """A fresh session is wanted (before the old one expires): now if idle, else after the
+        turn in flight."""
+        if self.state is State.IDLE and not self._in_flight:
+            self._renew = False
+            self.ready = False
+            self._offline = "renewing the session"
+            return [Reconnect()]
+        self._renew = True
+        return []
 
     # ------------------------------------------------------------------ rules
 
     def _to(self, new: State) -> list[Action]:
         old, self.state = self.state, new
-        return [Changed(old, new)] if old is not new else []
+        return [Changed(old, new, self.turns)] if old is not new else []
 
-    def _start(self, played: Played | None) -> list[Action]:
+    def _over(self) -> list[Action]:
+        """End the current turn with its outcome (the state is changed by the caller)."""
+        actions: list[Action] = [TurnOver(self.turns, self._outcome, self._reason)]
+        if self._outcome in (Outcome.FAILED, Outcome.LOST):
+            actions.append(Chime("error"))
+        self._outcome, self._reason = Outcome.COMPLETED, None
+        self.deadline = math.inf
+        return actions
+
+    def _end(self) -> list[Action]:
+        """End the current turn and go idle (renewing the session if that was waiting)."""
+        actions = [*self._over(), *self._to(State.IDLE)]
+        if self._renew and not self._in_flight:
+            actions += self.renew()
+        return actions
+
+    def _start(self, cmd: TurnCommand, now: float) -> list[Action]:
         if self.state is State.LISTENING:
             return []
-        actions = self._interrupt(played) if self.state is not State.IDLE else []
+        if not self.ready:
+            return [Notice("warning", f"{cmd.command} refused: {self._offline}"), Chime("error")]
+        actions: list[Action] = []
+        if self.state is not State.IDLE:
+            actions = self._interrupt()
+            self._outcome, self._reason = Outcome.INTERRUPTED, f"barge-in from {cmd.source}"
+            actions += self._over()
         self.turns += 1
         self._buffered = 0
-        return actions + self._to(State.LISTENING)
+        self.deadline = now + self._max_turn_s
+        return [*actions, *self._to(State.LISTENING), Chime("listening")]
 
     def _commit(self) -> list[Action]:
         if self.state is not State.LISTENING:
             return [Notice("info", f"commit ignored: nothing is being recorded ({self.state})")]
         ms = self._buffered / BYTES_PER_MS
         if ms < MIN_COMMIT_MS:
+            said = f"too short: {int(ms)} ms < {MIN_COMMIT_MS} ms, discarded"
+            self._outcome, self._reason = Outcome.TOO_SHORT, said
             return [
                 Send(p.InputAudioBufferClear(event_id=f"clear_{self.turns}")),
-                Notice("warning", f"too short: {int(ms)} ms < {MIN_COMMIT_MS} ms, discarded"),
-                *self._to(State.IDLE),
+                Notice("warning", said),
+                *self._end(),
+                Chime("too_short"),
             ]
         self._commit_id = f"commit_{self.turns}"
         actions: list[Action] = [Send(p.InputAudioBufferCommit(event_id=self._commit_id))]
@@ -220,37 +287,36 @@ class TurnController:
             self._create_pending = True
         else:
             actions.append(self._create())
-        return actions + self._to(State.THINKING)
+        self.deadline = math.inf
+        return [*actions, *self._to(State.THINKING), Chime("commit")]
 
     def _create(self) -> Send:
         self._in_flight = True
+        self._created = False
         self._response_id = None
+        self._response_turn = self.turns
         self._cancel_unnamed = False
         self._create_pending = False
         self._create_id = f"response_{self.turns}"
         return Send(p.ResponseCreate(event_id=self._create_id))
 
-    def _cancel(self, played: Played | None) -> list[Action]:
+    def _cancel(self, outcome: Outcome, why: str) -> list[Action]:
         if self.state is State.IDLE:
             return []
+        self._outcome, self._reason = outcome, why
         if self.state is State.LISTENING:
             send = Send(p.InputAudioBufferClear(event_id=f"clear_{self.turns}"))
-            return [send, *self._to(State.IDLE)]
-        return self._interrupt(played) + self._to(State.IDLE)
+            return [send, *self._end()]
+        return [*self._interrupt(), *self._end()]
 
-    def _interrupt(self, played: Played | None) -> list[Action]:
+    def _interrupt(self) -> list[Action]:
         """Stop the reply being thought or spoken (barge-in or cancel)."""
         actions: list[Action] = []
         self._create_pending = False
         if self.state is State.SPEAKING:
-            actions.append(StopPlayback(self._speaking_response))
+            actions.append(StopPlayback(self.turns))
             if self._item_id is not None:
-                heard = played.ms if played is not None and played.item_id == self._item_id else 0
-                # Never claim more than was received: the server rejects a truncate past the end.
-                end_ms = min(heard, self._item_bytes // BYTES_PER_MS)
-                actions.append(
-                    Send(p.ConversationItemTruncate(self._item_id, end_ms, event_id="truncate"))
-                )
+                actions.append(Truncate(self._item_id, self._item_bytes // BYTES_PER_MS))
         if (
             self._in_flight
             and not self._cancel_unnamed
@@ -266,47 +332,67 @@ class TurnController:
             )
         return actions
 
+    def _name_response(self, response_id: str | None) -> None:
+        """The response in flight is called ``response_id`` (learnt late when created had none)."""
+        if response_id is None:
+            return
+        self._response_id = response_id
+        self._remember(response_id, self._response_turn)
+        if self._cancel_unnamed:
+            self._cancelled.add(response_id)
+
     def _delta(self, event: p.OutputAudioDelta) -> list[Action]:
+        if self._in_flight and self._created and self._response_id is None:
+            self._name_response(event.response_id)  # response.created carried no id
         if event.response_id in self._cancelled or event.response_id != self._response_id:
             return []  # audio of a cancelled (or unknown) response is never played
-        if self.state is State.THINKING:
-            self._speaking_response = event.response_id
+        if self.state is State.THINKING and self._response_turn == self.turns:
             self._item_id, self._item_bytes = event.item_id, 0
-            actions: list[Action] = [*self._to(State.SPEAKING), Play(event)]
+            actions: list[Action] = [*self._to(State.SPEAKING)]
         elif self.state is State.SPEAKING:
-            actions = [Play(event)]
+            actions = []
         else:
             return []
-        if event.item_id != self._item_id:
+        if event.item_id != self._item_id:  # the response's next item (after a preamble)
             self._item_id, self._item_bytes = event.item_id, 0
         self._item_bytes += len(event.audio)
-        return actions
+        return [*actions, Play(event, self.turns)]
 
     def _response_done(self, event: p.ResponseDone) -> list[Action]:
+        rid = event.response_id
         if not self._in_flight or (
-            self._response_id is not None and event.response_id != self._response_id
+            rid is not None and self._response_id is not None and rid != self._response_id
         ):
             return []
+        if self._response_id is None:
+            self._name_response(rid)
         self._in_flight = False
         actions: list[Action] = []
-        cancelled = event.response_id in self._cancelled or self._cancel_unnamed
-        self._cancelled.discard(event.response_id)
-        if event.status not in ("completed", "cancelled") or (
-            event.status == "cancelled" and not cancelled
-        ):
+        cancelled = self._cancel_unnamed or (rid or self._response_id) in self._cancelled
+        self._cancelled.discard(rid or "")
+        status = event.status or ("cancelled" if cancelled else "completed")
+        if status not in ("completed", "cancelled") or (status == "cancelled" and not cancelled):
             why = f": {event.reason}" if event.reason else ""
-            actions.append(Notice("error", f"response {event.status}{why}"))
+            said = f"response {status}{why}"
+            actions.append(Notice("error", said))
+            if self._response_turn == self.turns:
+                self._outcome, self._reason = Outcome.FAILED, said
         if self._create_pending:
             actions.append(self._create())
         elif self.state is State.SPEAKING and not cancelled:
-            actions.append(EndPlayback(event.response_id))
+            actions.append(EndPlayback(self.turns))
         elif self.state is State.THINKING:
-            actions += self._to(State.IDLE)  # a response with no audio at all
+            actions += self._end()  # a response with no audio at all
+        elif self.state is State.IDLE and self._renew:
+            actions += self.renew()
         return actions
 
     def _error(self, event: p.ErrorEvent) -> list[Action]:
         code = f" ({event.code})" if event.code else ""
         said = f"server error{code}: {event.message}"
+        if event.code == "session_expired":
+            self._expired = f"the session expired: {event.message}"
+            return [Notice("info", f"the server ended the session: {event.message}")]
         failed = event.event_id
         if failed is not None and failed == self._create_id and self._in_flight:
             # The create was refused: no response.done will come for it.
@@ -319,8 +405,21 @@ class TurnController:
                     *([self._create()] if self._create_pending else []),
                 ]
             if self.state is State.THINKING:
-                return [Notice("error", said), *self._to(State.IDLE)]
+                self._outcome, self._reason = Outcome.FAILED, said
+                return [Notice("error", said), *self._end()]
         elif failed is not None and failed == self._commit_id and self.state is State.THINKING:
-            # The response.create that followed has no new input to answer: call it off.
-            return [Notice("error", said), *self._interrupt(None), *self._to(State.IDLE)]
+            # The server keeps the audio of a commit it refused: clear it, or the next turn's
+            # reply would answer both. The response.create that followed is called off.
+            self._outcome, self._reason = Outcome.FAILED, said
+            return [
+                Notice("error", said),
+                *self._interrupt(),
+                Send(p.InputAudioBufferClear(event_id=f"clear_{self.turns}")),
+                *self._end(),
+            ]
         return [Notice("warning", said)]
+
+    def _remember(self, some_id: str, turn: int) -> None:
+        self._turn_of[some_id] = turn
+        while len(self._turn_of) > RECENT_IDS:
+            del self._turn_of[next(iter(self._turn_of))]

@@ -1,5 +1,5 @@
-"""Audio backends behind two tiny interfaces: an ``AudioSource`` (microphone) and an
-``AudioSink`` (speaker). ``open_source`` / ``open_sink`` pick one from the config.
+"""Audio backends behind two tiny interfaces, ``Microphone`` and ``Speaker``;
+``open_microphone`` / ``open_speaker`` pick one from the config and release it afterwards.
 
 Backends: ``wav`` (files: demos, batch, bit-exact tests) and ``null``. ``auto`` takes a real device
 when one exists and otherwise the bundled sample utterance as the microphone and a WAV file as the
@@ -9,6 +9,8 @@ speaker. ``pyaudio`` is a real device (``voiced.devices.soundcard``), imported o
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -17,10 +19,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from voiced.config import AudioInputConfig, AudioOutputConfig
-from voiced.devices.base import AudioSink as AudioSink
-from voiced.devices.base import AudioSource as AudioSource
-from voiced.devices.null import NullSink, NullSource
-from voiced.devices.wav import WavSink, WavSource
+from voiced.devices.base import Microphone as Microphone
+from voiced.devices.base import Speaker as Speaker
+from voiced.devices.null import NullMicrophone, NullSpeaker
+from voiced.devices.wav import WavMicrophone, WavSpeaker
 from voiced.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -37,36 +39,56 @@ def sample_utterance() -> Path:
     return Path(str(resources.files("voiced") / "data" / "sample.wav"))
 
 
-async def open_source(config: AudioInputConfig) -> AudioSource:
-    """The microphone the config asks for (``auto``: a real one if there is one).
+@asynccontextmanager
+async def open_microphone(config: AudioInputConfig) -> AsyncIterator[Microphone]:
+    """The microphone the config asks for (``auto``: a real one if there is one), for the body
+    of the ``async with``. It captures while its ``run`` runs, and releases the device itself.
 
     Raises:
         DeviceError: the backend cannot be used (a missing file, PyAudio not installed).
     """
+    yield await _microphone(config)
+
+
+async def _microphone(config: AudioInputConfig) -> Microphone:
     if config.backend == "null":
-        return NullSource()
+        return NullMicrophone()
     if config.backend == "wav":
         assert config.path is not None  # config validation requires it for wav
-        return WavSource(Path(config.path), loop=config.loop, realtime=config.realtime)
+        return WavMicrophone(Path(config.path), loop=config.loop, realtime=config.realtime)
     if config.backend == "pyaudio" or await _usable("input", config):
-        source: AudioSource = soundcard_module().PyAudioSource(config)
-        return source
+        microphone: Microphone = soundcard_module().PyAudioMicrophone(config)
+        return microphone
     log.info("microphone: the bundled sample utterance, looped (no usable input device)")
-    return WavSource(sample_utterance(), loop=True, realtime=True)
+    return WavMicrophone(sample_utterance(), loop=True, realtime=True)
 
 
-async def open_sink(config: AudioOutputConfig) -> AudioSink:
-    """The speaker the config asks for (see ``open_source``)."""
+@asynccontextmanager
+async def open_speaker(config: AudioOutputConfig) -> AsyncIterator[Speaker]:
+    """The speaker the config asks for (see ``open_microphone``), closed on the way out.
+
+    Raises:
+        DeviceError: the backend cannot be used.
+    """
+    speaker = await _speaker(config)
+    try:
+        yield speaker
+    finally:
+        with trio.CancelScope(shield=True):
+            await speaker.aclose()
+
+
+async def _speaker(config: AudioOutputConfig) -> Speaker:
     if config.backend == "null":
-        return NullSink()
+        return NullSpeaker()
     if config.backend == "wav":
         assert config.path is not None
-        return WavSink(Path(config.path), realtime=config.realtime)
+        return WavSpeaker(Path(config.path), realtime=config.realtime)
     if config.backend == "pyaudio" or await _usable("output", config):
-        sink: AudioSink = soundcard_module().PyAudioSink(config)
-        return sink
+        speaker: Speaker = soundcard_module().PyAudioSpeaker(config)
+        return speaker
     log.info("speaker: %s (no usable output device)", DEFAULT_SPEAKER)
-    return WavSink(Path(DEFAULT_SPEAKER), realtime=True)
+    return WavSpeaker(Path(DEFAULT_SPEAKER), realtime=True)
 
 
 def soundcard_module() -> ModuleType:

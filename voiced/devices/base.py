@@ -10,7 +10,7 @@ import trio
 from voiced.audio import AudioFrame
 
 
-class AudioSource(Protocol):
+class Microphone(Protocol):
     """A microphone: produces wire-format frames (24 kHz mono PCM16) as they are heard."""
 
     name: str
@@ -42,7 +42,7 @@ class AudioSource(Protocol):
         """Call ``callback(name, error)`` when the device fails (error) or works again (None)."""
 
 
-class AudioSink(Protocol):
+class Speaker(Protocol):
     """A speaker: takes wire-format PCM and plays it, at the pace of a device if it has one."""
 
     name: str
@@ -50,7 +50,8 @@ class AudioSink(Protocol):
     """0.0 to 1.0, applied to what is played from the next block on."""
     paced: bool
     """Whether ``play`` takes as long as the audio lasts (a device) or returns at once (a file
-    written as fast as it comes): playback hands a paced sink short blocks, so a stop is quick."""
+    written as fast as it comes): playback hands a paced speaker short blocks, so a stop is
+    quick."""
 
     async def open(self) -> None:
         """Open the device."""
@@ -65,7 +66,7 @@ class AudioSink(Protocol):
         """Stop at once (within a few milliseconds, without a click); drop what is queued."""
 
     def played_seconds(self) -> float:
-        """Seconds of audio played since the sink opened: out of the speaker, or handed to the
+        """Seconds of audio played since the speaker opened: out of the speaker, or handed to the
         device so that it will be, even if ``stop`` is called now."""
 
     def queued_seconds(self) -> float:

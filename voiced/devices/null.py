@@ -10,7 +10,7 @@ from voiced.audio import BYTES_PER_MS, AudioFrame
 from voiced.devices.clock import PacedClock
 
 
-class NullSource:
+class NullMicrophone:
     """Digital silence, paced like a live microphone."""
 
     name = "null"
@@ -37,7 +37,7 @@ class NullSource:
         self._clock.emit_due(bytes)
 
 
-class NullSink:
+class NullSpeaker:
     """Takes any audio at once and throws it away."""
 
     name = "null"

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pyaudio
 import trio
 
+from voiced.backoff import Backoff
 from voiced.config import AudioInputConfig, AudioOutputConfig
 from voiced.devices.convert import DeviceFormat
 from voiced.errors import DeviceError
@@ -216,7 +217,8 @@ def _supported(
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for PortAudio to close a stream."""
 RETRY_START, RETRY_MAX = 0.5, 10.0
-"""Seconds between tries to reopen a device: doubling from the first to the cap."""
+"""Seconds between tries to reopen a device: doubling from the first to the cap (``Backoff``
+shortens each by up to a fifth, at random)."""
 
 
 async def open_device(
@@ -250,35 +252,43 @@ class Once:
             self._task_status = None
 
 
-class Retry:
-    """Backoff for reopening a device, and the log: each distinct failure is logged once."""
+class DeviceRetry:
+    """Reopening a device: the delays and which failures to log come from ``Backoff`` (each
+    distinct failure, and a new outage, logged once); this adds /status and its callback."""
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.error: str | None = None
-        """Why the device is not in use now; None while it works."""
         self.reopens = 0
         self.on_change: Callable[[str, str | None], None] = lambda name, error: None
         """Called with the device's name and its error (None: working) when either changes."""
-        self._delay = RETRY_START
+        self._backoff = Backoff(start=RETRY_START, cap=RETRY_MAX)
+        self._told = False  # a failure was logged and its recovery not yet
+
+    @property
+    def error(self) -> str | None:
+        """Why the device is not in use now; None while it works."""
+        return self._backoff.failing
 
     def failed(self, name: str, exc: Exception) -> float:
         """Record a failure; returns the seconds to wait before trying again."""
-        if str(exc) != self.error:
+        before = self.error
+        retry = self._backoff.failed(trio.current_time(), str(exc))
+        if retry.news:
             log.error("%s: %s; retrying", self.what, exc)
-            self.error = str(exc)
+            self._told = True
+        if self.error != before:
             self.on_change(name, self.error)
-        delay, self._delay = self._delay, min(self._delay * 2, RETRY_MAX)
-        return delay
+        return retry.delay
 
     def opened(self, name: str) -> None:
-        if self.error is not None:
-            self.reopens += 1
-            log.info("%s is back: %s", self.what, name)
-        else:
+        if self.error is None:
             log.info("%s: %s", self.what, name)
-        self.error = None
-        self._delay = RETRY_START
+        else:
+            self.reopens += 1
+            if self._told:  # a device that flaps is not back each time: its drops were not news
+                log.info("%s is back: %s", self.what, name)
+                self._told = False
+        self._backoff.succeeded(trio.current_time())
         self.on_change(name, None)
 
 

@@ -24,11 +24,11 @@ import trio
 
 from voiced.audio import BYTES_PER_MS, RATE, AudioFrame
 from voiced.config import AudioInputConfig, AudioOutputConfig
-from voiced.devices.base import AudioSink, AudioSource
+from voiced.devices.base import Microphone, Speaker
 from voiced.devices.convert import DeviceFormat, FromDevice, ToDevice, fade_out
 from voiced.devices.portaudio import (
+    DeviceRetry,
     Once,
-    Retry,
     close_in_thread,
     open_device,
     portaudio_lock,
@@ -52,7 +52,7 @@ STALL = 1.0
 """Seconds without a callback after which a device is taken for gone and reopened."""
 
 
-class PyAudioSource:
+class PyAudioMicrophone:
     """A microphone that survives its device going away: a missing device at startup, or one
     that stops delivering audio (unplugged, a sound server restart), is reopened with backoff."""
 
@@ -62,7 +62,7 @@ class PyAudioSource:
         self.dropped_frames = 0
         self.xruns = 0
         self._native: dict[str, int] = {}  # the opened format, and the device's own rate
-        self._retry = Retry("microphone")
+        self._retry = DeviceRetry("microphone")
         self._frames: trio.MemorySendChannel[AudioFrame] | None = None
         self._convert: FromDevice | None = None
         self._blocks = 0  # blocks the device has delivered
@@ -172,7 +172,7 @@ class PyAudioSource:
                 await self._arrived.wait()
 
 
-class PyAudioSink:
+class PyAudioSpeaker:
     """A speaker with a jitter buffer, an underrun counter and a played-audio clock.
 
     It survives its device going away: while there is none, reply audio is dropped (and
@@ -190,7 +190,7 @@ class PyAudioSink:
         self._native: dict[str, int] = {}
         self.dropped_ms = 0.0
         """Reply audio thrown away because there was no device."""
-        self._retry = Retry("speaker")
+        self._retry = DeviceRetry("speaker")
         self._retry_at = -math.inf  # trio time of the next try to open the device
         self._lock = threading.Lock()
         # Shared with the PortAudio thread, under the lock:
@@ -396,5 +396,5 @@ class PyAudioSink:
 
 if TYPE_CHECKING:  # mypy checks that the backend fits the device interfaces
 
-    def _fits(i: AudioInputConfig, o: AudioOutputConfig) -> tuple[AudioSource, AudioSink]:
-        return PyAudioSource(i), PyAudioSink(o)
+    def _fits(i: AudioInputConfig, o: AudioOutputConfig) -> tuple[Microphone, Speaker]:
+        return PyAudioMicrophone(i), PyAudioSpeaker(o)

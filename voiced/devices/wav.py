@@ -47,7 +47,7 @@ def read_wav(path: Path) -> bytes:
         raise DeviceError(f"cannot read {path}: {exc}") from exc
 
 
-class WavSource:
+class WavMicrophone:
     """Plays a WAV file into the pipeline as if a microphone heard it.
 
     Args:
@@ -102,11 +102,11 @@ class WavSource:
         return bytes(out)
 
 
-class WavSink:
+class WavSpeaker:
     """Writes the speaker's audio to a WAV file, keeping the header valid after every write.
 
     Args:
-        path: the file, created or truncated when the sink opens.
+        path: the file, created or truncated when the speaker opens.
         realtime: take audio no faster than it would play (a paced speaker).
     """
 
@@ -118,7 +118,7 @@ class WavSink:
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
         self._written = 0
         try:
-            self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the sink's life)
+            self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the speaker's life)
             self._wav.setnchannels(1)
             self._wav.setsampwidth(SAMPLE_BYTES)
             self._wav.setframerate(RATE)

@@ -4,7 +4,8 @@ voiced's whole pipeline runs against it with no key and no network: over loopbac
 daemon (``voiced sim``) and integration tests, over trio's in-memory streams for unit tests.
 The protocol logic is sans-IO (:mod:`voiced.sim.session` and the modules it uses);
 :mod:`voiced.sim.server` adds the WebSocket, pacing and fatal closes. Replies echo the last
-committed audio, so tests can check audio bit-exact end to end.
+committed audio (after a short preamble item when asked), so tests can check audio bit-exact
+end to end.
 """
 
 from __future__ import annotations

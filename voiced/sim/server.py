@@ -47,8 +47,19 @@ class SimFaults:
     expire_after: float | None = None
     """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001."""
     fail_event: str | None = None
-    """Answer every client event of this type with a ``server_error`` instead of handling it
-    (the event is still recorded), like the real server's transient internal errors."""
+    """Answer client events of this type (all, or the first ``fail_count``) with a
+    ``server_error`` carrying the event's ``event_id``, instead of handling them (they are still
+    recorded), like the real server's transient internal errors. Nothing changes: a failed
+    ``input_audio_buffer.commit`` leaves its audio in the buffer, as on the real server, so the
+    next commit holds both turns unless the client sends ``input_audio_buffer.clear`` first."""
+    fail_count: int | None = None
+    """Fail only the first this many ``fail_event`` events of each connection (None: all)."""
+    preamble_ms: int = 0
+    """When > 0, every response speaks two items: a preamble (output_index 0, this much of a
+    quiet tone, transcript "one moment"), then the answer (output_index 1, the echo)."""
+    omit_response_fields: bool = False
+    """Leave ``id`` and ``status`` out of the ``response`` of ``response.created`` and
+    ``response.done`` (the SDK types both optional; a client must still handle the events)."""
 
 
 @dataclass(eq=False)
@@ -106,6 +117,8 @@ class Simulator:
             seeded generator: the same every run), and deltas of uneven sizes, as over a real
             network. 0: even sizes, exact pacing.
         faults: fault switches; ``Simulator.faults`` stays mutable.
+        preamble_ms: sets ``faults.preamble_ms`` (when not 0).
+        omit_response_fields: sets ``faults.omit_response_fields`` (when true).
     """
 
     def __init__(
@@ -117,13 +130,21 @@ class Simulator:
         think: float = 0.0,
         jitter: float = 0.0,
         faults: SimFaults | None = None,
+        preamble_ms: int = 0,
+        omit_response_fields: bool = False,
     ) -> None:
         if pace < 0 or think < 0:
             raise ValueError(f"pace and think must be >= 0, got {pace} and {think}")
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be > 0, got {chunk_ms}")
+        if preamble_ms < 0:
+            raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
         self.connections: list[SimConnection] = []
         self.faults = faults if faults is not None else SimFaults()
+        if preamble_ms:
+            self.faults.preamble_ms = preamble_ms
+        if omit_response_fields:
+            self.faults.omit_response_fields = True
         self._api_key = api_key
         self._pace = pace
         self._think = think
@@ -167,7 +188,8 @@ class Simulator:
         if not url.path.endswith("/realtime"):
             await _reject(request, 404, f"Invalid URL (GET {url.path})")
             return
-        status = self.faults.handshake_status
+        faults = dataclasses.replace(self.faults)  # this connection's switches
+        status = faults.handshake_status
         if status is not None:
             await _reject(request, status, _status_phrase(status))
             return
@@ -178,6 +200,8 @@ class Simulator:
             chunk_ms=self._chunk_ms,
             now=time.time(),
             uneven=self._jitter > 0,
+            preamble_ms=faults.preamble_ms,
+            omit_response_fields=faults.omit_response_fields,
         )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -202,7 +226,7 @@ class Simulator:
             pace=self._pace,
             think=self._think,
             jitter=self._jitter,
-            faults=dataclasses.replace(self.faults),
+            faults=faults,
         )
         try:
             await handler.run()
@@ -239,6 +263,7 @@ class _Handler:
         self._random = random.Random(number)  # the same jitter on every run
         self._expire_after = faults.expire_after
         self._fail_event = faults.fail_event
+        self._fail_left = faults.fail_count
         self._send_lock = trio.Lock()
         self._tasks = trio.CancelScope()
         self._closing = False
@@ -272,22 +297,28 @@ class _Handler:
             await self._apply(outcome, nursery)
 
     def _fail(self, message: str | bytes) -> Outcome | None:
-        """The ``fail_event`` fault: a server error in place of handling the event."""
-        if self._fail_event is None:
-            return None
+        """The ``fail_event`` fault: a server error in place of handling the event, so the
+        session's state (the input audio buffer included) is left as it was."""
+        if self._fail_event is None or isinstance(message, bytes):
+            return None  # a binary frame is refused by the session, whatever it holds
         try:
             event = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(event, dict) or event.get("type") != self._fail_event:
             return None
+        if self._fail_left is not None:
+            if self._fail_left <= 0:
+                return None
+            self._fail_left -= 1
         self._session.received.append(event)
+        event_id = event.get("event_id")
         error = {
             "type": "server_error",
             "code": None,
             "message": "The server had an error while processing your request.",
             "param": None,
-            "event_id": event.get("event_id"),
+            "event_id": event_id if isinstance(event_id, str) else None,
         }
         return Outcome(events=[{"type": "error", "error": error}])
 

@@ -21,7 +21,13 @@ from typing import Any
 
 from voiced.sim.config import BYTES_PER_MS, apply_update, check_voice, default_session
 from voiced.sim.conversation import Conversation, Item
-from voiced.sim.response import ResponseRun, input_audio_tokens
+from voiced.sim.response import (
+    PREAMBLE_TRANSCRIPT,
+    ResponseRun,
+    Speech,
+    input_audio_tokens,
+    preamble_audio,
+)
 from voiced.sim.schema import Problem, check_event, invalid_type
 
 SESSION_DURATION_S = 3600
@@ -71,11 +77,25 @@ class SimSession:
         chunk_ms: reply audio per ``response.output_audio.delta``.
         now: wall-clock Unix time, for ``expires_at``.
         uneven: vary the sizes of the deltas around ``chunk_ms``.
+        preamble_ms: when > 0, every response speaks a preamble item of this much audio before
+            the answer item (see :mod:`voiced.sim.response`).
+        omit_response_fields: leave ``id`` and ``status`` out of the ``response`` of
+            ``response.created`` and ``response.done``.
     """
 
     def __init__(
-        self, *, api_key: str, session_id: str, chunk_ms: int, now: float, uneven: bool = False
+        self,
+        *,
+        api_key: str,
+        session_id: str,
+        chunk_ms: int,
+        now: float,
+        uneven: bool = False,
+        preamble_ms: int = 0,
+        omit_response_fields: bool = False,
     ) -> None:
+        if preamble_ms < 0:
+            raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
         self.received: list[dict[str, Any]] = []
         """Every client message that parsed as a JSON object, valid or not, in arrival order."""
         self.sent: list[dict[str, Any]] = []
@@ -91,6 +111,8 @@ class SimSession:
         self._conversation_id = session_id.replace("sess_", "conv_", 1)
         self._chunk_bytes = chunk_ms * BYTES_PER_MS
         self._uneven = uneven
+        self._preamble_ms = preamble_ms
+        self._omit_response_fields = omit_response_fields
         self._expires_at = int(now) + SESSION_DURATION_S
         self._buffer = bytearray()
         self._counters: dict[str, itertools.count[int]] = {}
@@ -110,7 +132,8 @@ class SimSession:
 
     @property
     def reply_audio(self) -> list[bytes]:
-        """The PCM streamed by each response so far (a cancelled one: what was sent)."""
+        """The PCM streamed by each response so far, every item's in order (a cancelled one:
+        what was sent)."""
         return [bytes(run.sent_audio) for run in self.runs]
 
     @property
@@ -285,22 +308,27 @@ class SimSession:
         user_ms = sum(len(i.audio) for i in self.conversation.items if i.role == "user")
         text_tokens = len(str(session["instructions"]).split())
         audio_tokens = input_audio_tokens(user_ms // BYTES_PER_MS)
-        item = Item(self._next_id("item"), "assistant", [], status="in_progress")
-        previous = self.conversation.add(item)
+        speech = [Speech(reply, f"echo of {len(reply) // BYTES_PER_MS} ms")]
+        if self._preamble_ms:
+            speech.insert(0, Speech(preamble_audio(self._preamble_ms), PREAMBLE_TRANSCRIPT))
         run = ResponseRun(
             response_id=self._next_id("resp"),
             conversation_id=self._conversation_id,
-            item=item,
-            previous_item_id=previous,
-            audio=reply,
+            new_item=self._new_assistant_item,
+            speech=speech,
             chunk_bytes=self._chunk_bytes,
             uneven=self._uneven,
             session=session,
             metadata=metadata,
             input_tokens=(text_tokens, audio_tokens),
+            omit_fields=self._omit_response_fields,
         )
         self.runs.append(run)
         return Outcome(start=run)
+
+    def _new_assistant_item(self) -> tuple[Item, str | None]:
+        item = Item(self._next_id("item"), "assistant", [], status="in_progress")
+        return item, self.conversation.add(item)
 
     def _response_cancel(self, event: dict[str, Any]) -> Outcome | Problem:
         active = self.active

@@ -11,6 +11,7 @@ import trio
 
 from voiced.audio import AudioFrame, bytes_of
 from voiced.protocol import ClientEvent, InputAudioBufferAppend
+from voiced.stages.transport import Renew
 
 APPEND_MS = 100
 """Audio per append event. With manual turns the server does nothing with the audio until the
@@ -19,16 +20,16 @@ events cost less CPU."""
 
 
 async def run_encode(
-    inbound: trio.abc.ReceiveChannel[AudioFrame | ClientEvent],
-    outbound: trio.abc.SendChannel[ClientEvent],
+    inbound: trio.abc.ReceiveChannel[AudioFrame | ClientEvent | Renew],
+    outbound: trio.abc.SendChannel[ClientEvent | Renew],
     *,
     chunk_ms: int = APPEND_MS,
 ) -> None:
     """Run until ``inbound`` closes, then flush and close ``outbound``.
 
     Args:
-        inbound: frames to send and control events, in wire order.
-        outbound: client events for the transport.
+        inbound: frames to send, and control events (or a ``Renew``), in wire order.
+        outbound: client events (and ``Renew``) for the transport.
         chunk_ms: audio per append event.
     """
     chunk_bytes = bytes_of(chunk_ms)

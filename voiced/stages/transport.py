@@ -1,11 +1,14 @@
 """Transport: the one WebSocket to the realtime server, and the only code that touches it.
 
-It owns the connection lifecycle in one place: connect with the bearer key, send the session
-configuration first on every connection, then a writer (client events out) and a reader (server
-events in) around the sans-IO ``RealtimeProtocol``. Failures are translated once, here, into
-``TransportError``s that say what the operator must do: a 401/403 at the handshake and a close
-with code 3000 both mean the key is wrong; 4000 means the request (model, URL) is wrong; 1001
-and abrupt loss are transient. A daemon reconnects with backoff; ``voiced ask`` does not.
+It owns the connection lifecycle in one place: the credentials awaited before every connection,
+the session configuration sent first on every connection, then a writer (client events out) and
+a reader (server events in) around the sans-IO ``RealtimeProtocol``. It tells the session what
+happened by message: ``Connected``, ``Disconnected``, ``CommitSent``. Failures are translated once,
+here, into ``TransportError``s that say what the operator must do: a 401/403 at the handshake and
+a close with code 3000 both mean the key is wrong; 4000 means the request (model, URL) is wrong;
+1001 and abrupt loss are transient. A daemon reconnects with backoff (``voiced.backoff``); ``voiced
+ask`` does not. A ``Renew`` in the outbound stream closes the connection and opens a fresh session
+at once: the session sends it only when the turn controller says the daemon is idle.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import trio
 import trio_websocket as tw
 
 from voiced import protocol as p
+from voiced.auth import Credentials
+from voiced.backoff import Backoff
 from voiced.errors import (
     AuthRejected,
     ConnectionLost,
@@ -27,6 +32,7 @@ from voiced.errors import (
     ServerUnreachable,
     TransportError,
 )
+from voiced.messages import CommitSent, Connected, Disconnected, TransportNews
 
 log = logging.getLogger("voiced.transport")
 
@@ -35,7 +41,9 @@ MAX_FRAME = 16 * 1024 * 1024
 RECEIVE_BUFFER = 64 * 1024
 """Socket read size: reply deltas are tens of kB, so small reads would cost CPU."""
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
-"""Reconnect delays in seconds: doubling from the first to the cap."""
+"""Reconnect delays in seconds: doubling from the first to the cap (with jitter)."""
+HEALTHY_AFTER = 10.0
+"""Seconds a connection must last for the next outage to start again from the first delay."""
 CLOSE_TIMEOUT = 2.0
 """Seconds to wait for the server's half of the closing handshake."""
 REJECTED_RETRY = 60.0
@@ -49,7 +57,7 @@ class Endpoint:
     url: str
     """WebSocket URL without query, e.g. ``wss://api.openai.com/v1/realtime``."""
     model: str
-    api_key: str = field(repr=False)
+    credentials: Credentials = field(repr=False)
     connect_timeout: float = 10.0
     """Seconds for TCP, TLS and the WebSocket handshake together."""
 
@@ -58,42 +66,27 @@ class Endpoint:
         return f"{self.url}?model={quote(self.model)}"
 
 
-@dataclass(frozen=True)
-class Connected:
-    """The server accepted the connection (``session.created`` arrived)."""
-
-    session_id: str | None
-
-
-@dataclass(frozen=True)
-class Disconnected:
-    """The connection ended or could not be made."""
-
-    error: TransportError
+@dataclass
+class Renew:
+    """In the outbound stream: close this connection and open a fresh session now."""
 
 
 @dataclass
-class Wire:
-    """Counters and timestamps of the socket, read by the session and ``/status``."""
+class LinkStats:
+    """The socket's counters, for ``/status``; only the transport writes them."""
 
-    connected: bool = False
     connects: int = 0
     events_sent: int = 0
     events_received: int = 0
-    commit_sent_at: float | None = None
-    """Trio time the last ``input_audio_buffer.commit`` was written to the socket."""
-
-
-Inbound = p.ServerEvent | Connected | Disconnected
 
 
 async def run_transport(
     endpoint: Endpoint,
     hello: p.SessionUpdate,
-    outbound: trio.abc.ReceiveChannel[p.ClientEvent],
-    inbound: trio.abc.SendChannel[Inbound],
+    outbound: trio.abc.ReceiveChannel[p.ClientEvent | Renew],
+    inbound: trio.abc.SendChannel[TransportNews],
     *,
-    wire: Wire,
+    stats: LinkStats,
     reconnect: bool,
 ) -> None:
     """Keep one connection open and carry events both ways until ``outbound`` closes.
@@ -102,36 +95,38 @@ async def run_transport(
         endpoint: where to connect.
         hello: sent first on every connection.
         outbound: client events to send, in order; while disconnected they are dropped.
-        inbound: gets server events, plus ``Connected`` / ``Disconnected`` news.
-        wire: counters to update.
+        inbound: gets server events, plus ``Connected`` / ``Disconnected`` / ``CommitSent``.
+        stats: counters to update.
         reconnect: retry with backoff after a failure (a daemon); else raise it.
 
     Raises:
         TransportError: with ``reconnect`` false, the failure that ended the connection.
     """
-    delay = BACKOFF_START
-    last_error = ""
+    backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX, healthy_after=HEALTHY_AFTER)
     async with outbound, inbound:
         while True:
+            link = _Link(endpoint, p.RealtimeProtocol(), stats, backoff)
             try:
-                await _connection(endpoint, hello, outbound, inbound, wire)
-                return  # outbound closed: a clean shutdown
+                if await _connection(link, hello, outbound, inbound):
+                    return  # outbound closed: a clean shutdown
+                await inbound.send(Disconnected(None))  # closed to renew: reconnect at once
+                continue
             except TransportError as exc:
-                wire.connected = False
                 await inbound.send(Disconnected(exc))
                 if not reconnect:
                     raise
-                if str(exc) != last_error:  # the same failure again is not news
+                retry = backoff.failed(trio.current_time(), str(exc))
+                if retry.news:  # the same failure again is not news
                     log.error("%s; retrying", exc)
-                    last_error = str(exc)
                 rejected = isinstance(exc, AuthRejected | RequestRejected)
-                wait = REJECTED_RETRY if rejected else delay
-                delay = BACKOFF_START if wire.connected else min(delay * 2, BACKOFF_MAX)
+                wait = REJECTED_RETRY if rejected else retry.delay
             if await _drain_for(outbound, wait):
                 return
 
 
-async def _drain_for(outbound: trio.abc.ReceiveChannel[p.ClientEvent], seconds: float) -> bool:
+async def _drain_for(
+    outbound: trio.abc.ReceiveChannel[p.ClientEvent | Renew], seconds: float
+) -> bool:
     """Drop outbound events for ``seconds``; True if the channel closed meanwhile."""
     with trio.move_on_after(seconds):
         async for _ in outbound:
@@ -141,24 +136,29 @@ async def _drain_for(outbound: trio.abc.ReceiveChannel[p.ClientEvent], seconds: 
 
 
 async def _connection(
-    endpoint: Endpoint,
+    link: _Link,
     hello: p.SessionUpdate,
-    outbound: trio.abc.ReceiveChannel[p.ClientEvent],
-    inbound: trio.abc.SendChannel[Inbound],
-    wire: Wire,
-) -> None:
-    link = _Link(endpoint, p.RealtimeProtocol(), wire)
+    outbound: trio.abc.ReceiveChannel[p.ClientEvent | Renew],
+    inbound: trio.abc.SendChannel[TransportNews],
+) -> bool:
+    """One connection, until it ends: True when ``outbound`` closed, False to renew.
+
+    Raises:
+        TransportError: the connection could not be made, or ended.
+    """
+    endpoint = link.endpoint
+    headers = await endpoint.credentials.headers()
     stream = await _open_stream(endpoint)
     failure: TransportError | None = None
     try:
         # trio-websocket's own reader task runs in this nursery; its handshake failures arrive
         # here as exception groups, and are translated into one TransportError below.
         async with trio.open_nursery() as websocket:
-            link.ws = await _handshake(websocket, stream, endpoint)
+            link.ws = await _handshake(websocket, stream, endpoint, headers)
             # Both our tasks catch the close themselves: it leaves as one TransportError too.
             async with trio.open_nursery() as nursery:
                 link.scope = nursery.cancel_scope
-                nursery.start_soon(link.write, outbound)
+                nursery.start_soon(link.write, outbound, inbound)
                 await link.read(hello, inbound)
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await link.ws.aclose()
@@ -175,8 +175,11 @@ async def _connection(
         await trio.aclose_forcefully(stream)
     if failure is not None:
         raise failure
+    if link.renewing:
+        return False
     if link.closed is not None:
         raise _closed(endpoint, link.closed.reason, link.last_error) from link.closed
+    return True
 
 
 async def _open_stream(endpoint: Endpoint) -> trio.abc.Stream:
@@ -196,7 +199,10 @@ async def _open_stream(endpoint: Endpoint) -> trio.abc.Stream:
 
 
 async def _handshake(
-    nursery: trio.Nursery, stream: trio.abc.Stream, endpoint: Endpoint
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    endpoint: Endpoint,
+    headers: list[tuple[bytes, bytes]],
 ) -> tw.WebSocketConnection:
     url = urlsplit(endpoint.full_url)
     default_port = 443 if url.scheme == "wss" else 80
@@ -207,7 +213,7 @@ async def _handshake(
             stream,  # type: ignore[arg-type]  # annotated for socket streams; any Stream works
             host,
             f"{url.path}?{url.query}",
-            extra_headers=[(b"Authorization", f"Bearer {endpoint.api_key}".encode())],
+            extra_headers=headers,
             max_message_size=MAX_FRAME,
             receive_buffer_size=RECEIVE_BUFFER,
         )
@@ -216,13 +222,18 @@ async def _handshake(
 class _Link:
     """One open connection: the reader and writer around the sans-IO protocol."""
 
-    def __init__(self, endpoint: Endpoint, proto: p.RealtimeProtocol, wire: Wire) -> None:
+    def __init__(
+        self, endpoint: Endpoint, proto: p.RealtimeProtocol, stats: LinkStats, backoff: Backoff
+    ) -> None:
         self.endpoint = endpoint
         self.proto = proto
-        self.wire = wire
+        self.stats = stats
+        self.backoff = backoff
         self.ws: tw.WebSocketConnection
         self.scope: trio.CancelScope
         self.closed: tw.ConnectionClosed | None = None
+        self.renewing = False
+        """Closed on purpose for a fresh session."""
         self.last_error: p.ErrorEvent | None = None
         """The last ``error`` event: what a fatal close that follows it means."""
 
@@ -231,7 +242,9 @@ class _Link:
             self.closed = exc
         self.scope.cancel()
 
-    async def read(self, hello: p.SessionUpdate, inbound: trio.abc.SendChannel[Inbound]) -> None:
+    async def read(
+        self, hello: p.SessionUpdate, inbound: trio.abc.SendChannel[TransportNews]
+    ) -> None:
         try:
             while True:
                 text = await self.ws.get_message()
@@ -240,14 +253,14 @@ class _Link:
                 except RemoteProtocolError as exc:
                     log.warning("ignoring a malformed server event: %s", exc)
                     continue
-                self.wire.events_received += 1
+                self.stats.events_received += 1
                 if isinstance(event, p.ErrorEvent):
                     self.last_error = event
                 elif isinstance(event, p.SessionCreated):
                     await self.ws.send_message(self.proto.send(hello))
-                    self.wire.events_sent += 1
-                    self.wire.connected = True
-                    self.wire.connects += 1
+                    self.stats.events_sent += 1
+                    self.stats.connects += 1
+                    self.backoff.succeeded(trio.current_time())
                     sid = event.session.get("id")
                     log.info("connected to %s (session %s)", self.endpoint.url, sid)
                     await inbound.send(Connected(sid if isinstance(sid, str) else None))
@@ -255,16 +268,24 @@ class _Link:
         except tw.ConnectionClosed as exc:
             self._lost(exc)
 
-    async def write(self, outbound: trio.abc.ReceiveChannel[p.ClientEvent]) -> None:
+    async def write(
+        self,
+        outbound: trio.abc.ReceiveChannel[p.ClientEvent | Renew],
+        inbound: trio.abc.SendChannel[TransportNews],
+    ) -> None:
         try:
             async for event in outbound:
+                if isinstance(event, Renew):
+                    log.info("renewing the session")
+                    self.renewing = True
+                    break
                 await self.ws.send_message(self.proto.send(event))
-                self.wire.events_sent += 1
+                self.stats.events_sent += 1
                 if isinstance(event, p.InputAudioBufferCommit):
-                    self.wire.commit_sent_at = trio.current_time()
+                    await inbound.send(CommitSent(trio.current_time()))
         except tw.ConnectionClosed as exc:
             self._lost(exc)
-        self.scope.cancel()  # outbound closed: shutting down, stop reading too
+        self.scope.cancel()  # outbound closed (shutting down) or renewing: stop reading too
 
 
 def _why(exc: BaseException) -> str:

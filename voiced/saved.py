@@ -15,12 +15,12 @@ from typing import Any
 
 import trio
 
-log = logging.getLogger("voiced.state")
+log = logging.getLogger("voiced.saved")
 
 FILE_NAME = "state.json"
 
 
-def state_file() -> Path:
+def saved_state_file() -> Path:
     """Where the state lives on this machine."""
     if directory := os.environ.get("STATE_DIRECTORY"):
         return Path(directory.split(":")[0]) / FILE_NAME
@@ -28,7 +28,7 @@ def state_file() -> Path:
     return Path(base) / "voiced" / FILE_NAME
 
 
-class State:
+class SavedState:
     """The saved state: read once at start, written on every change."""
 
     def __init__(self, path: Path) -> None:

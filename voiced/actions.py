@@ -1,0 +1,138 @@
+"""What the turn controller asks the session to do: its actions, carried out in order.
+
+Each is a plain value; ``voiced.turn`` decides them, ``voiced.session`` carries them out and holds
+no rule of its own. Reply audio, stops and ends of playback are keyed by turn number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from voiced import protocol as p
+
+if TYPE_CHECKING:
+    from voiced.turn import Outcome, State
+
+# Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
+# and this module is on every start-up path (bench/README.md). Treat instances as immutable.
+
+
+@dataclass
+class Send:
+    """Send this client event, in order with the audio already handed over."""
+
+    event: p.ClientEvent
+
+
+@dataclass
+class Play:
+    """Hand this reply audio of ``turn`` to the speaker."""
+
+    delta: p.OutputAudioDelta
+    turn: int
+
+
+@dataclass
+class EndPlayback:
+    """The reply of ``turn`` is complete: the speaker reports when it has played all of it."""
+
+    turn: int
+
+
+@dataclass
+class StopPlayback:
+    """Stop the speaker now and drop the rest of the reply of ``turn`` (and of any before)."""
+
+    turn: int
+
+
+@dataclass
+class Played:
+    """How much of an assistant item came out of the speaker, for a barge-in truncate."""
+
+    item_id: str
+    ms: int
+
+
+@dataclass
+class Truncate:
+    """Read the speaker's position (after the stop before this), and truncate ``item_id`` there.
+
+    Attributes:
+        item_id: the assistant item that was playing.
+        received_ms: how much of it arrived: the server rejects a truncate past its end.
+    """
+
+    item_id: str
+    received_ms: int
+
+    def event(self, played: Played | None) -> p.ConversationItemTruncate:
+        """The truncate, given the speaker's position (None: it played nothing)."""
+        heard = played.ms if played is not None and played.item_id == self.item_id else 0
+        return p.ConversationItemTruncate(
+            self.item_id, min(heard, self.received_ms), event_id="truncate"
+        )
+
+
+@dataclass
+class Changed:
+    """The state changed, during ``turn``."""
+
+    old: State
+    new: State
+    turn: int
+
+
+@dataclass
+class Notice:
+    """Something an operator should read: ``level`` is ``info``, ``warning`` or ``error``."""
+
+    level: Literal["info", "warning", "error"]
+    message: str
+
+
+@dataclass
+class Chime:
+    """Play this earcon: ``listening``, ``commit``, ``error`` or ``too_short``."""
+
+    name: Literal["listening", "commit", "error", "too_short"]
+
+
+@dataclass
+class TurnOver:
+    """``turn`` ended this way; ``reason`` says why when it did not complete."""
+
+    turn: int
+    outcome: Outcome
+    reason: str | None = None
+
+
+@dataclass
+class Transcribed:
+    """A final transcript of one side of ``turn``."""
+
+    role: Literal["user", "agent"]
+    text: str
+    turn: int
+    item_id: str
+
+
+@dataclass
+class Reconnect:
+    """Close the connection and open a fresh session now (the daemon is idle)."""
+
+
+Action = (
+    Send
+    | Play
+    | EndPlayback
+    | StopPlayback
+    | Truncate
+    | Changed
+    | Notice
+    | Chime
+    | TurnOver
+    | Transcribed
+    | Reconnect
+)
