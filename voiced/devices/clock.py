@@ -1,4 +1,4 @@
-"""A real-time pacer for sources without a device clock (files, silence).
+"""A real-time pacer for microphones without a device clock (files, silence).
 
 Every ``FRAME_MS`` it emits exactly the samples due since the last emission, computed from the
 trio clock, so no sample is lost or doubled however late a tick runs; ``emit_due`` sends the
@@ -59,3 +59,35 @@ class PacedClock:
             self.dropped += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+
+class PacedMicrophone:
+    """The base of a microphone without a device clock: ``read(nbytes)`` gives the audio, the
+    ``PacedClock`` gives it as it comes due. A file or nothing: it does not come and go."""
+
+    name = "paced"
+
+    def __init__(self) -> None:
+        self._clock = PacedClock()
+
+    def read(self, nbytes: int) -> bytes:
+        """The next ``nbytes`` of audio."""
+        raise NotImplementedError
+
+    def watch(self, callback: Callable[[str, str | None], None]) -> None:
+        pass
+
+    def statistics(self) -> dict[str, object]:
+        return {"name": self.name, "dropped_frames": self._clock.dropped}
+
+    async def run(
+        self,
+        frames: trio.MemorySendChannel[AudioFrame],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with frames:
+            await self._clock.run(frames, self.read, task_status=task_status)
+
+    async def flush(self) -> None:
+        self._clock.emit_due(self.read)

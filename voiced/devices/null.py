@@ -6,35 +6,17 @@ from collections.abc import Callable
 
 import trio
 
-from voiced.audio import BYTES_PER_MS, AudioFrame
-from voiced.devices.clock import PacedClock
+from voiced.audio import BYTES_PER_MS, silence
+from voiced.devices.clock import PacedMicrophone
 
 
-class NullMicrophone:
+class NullMicrophone(PacedMicrophone):
     """Digital silence, paced like a live microphone."""
 
     name = "null"
 
-    def __init__(self) -> None:
-        self._clock = PacedClock()
-
-    def watch(self, callback: Callable[[str, str | None], None]) -> None:
-        pass  # a file or nothing: it does not come and go
-
-    def statistics(self) -> dict[str, object]:
-        return {"name": self.name, "dropped_frames": self._clock.dropped}
-
-    async def run(
-        self,
-        frames: trio.MemorySendChannel[AudioFrame],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with frames:
-            await self._clock.run(frames, bytes, task_status=task_status)
-
-    async def flush(self) -> None:
-        self._clock.emit_due(bytes)
+    def read(self, nbytes: int) -> bytes:
+        return silence(nbytes)
 
 
 class NullSpeaker:

@@ -24,7 +24,7 @@ from voiced.audio import (
     scale,
     silence,
 )
-from voiced.devices.clock import FRAME_MS, PacedClock
+from voiced.devices.clock import FRAME_MS, PacedMicrophone
 from voiced.errors import DeviceError
 
 
@@ -47,7 +47,7 @@ def read_wav(path: Path) -> bytes:
         raise DeviceError(f"cannot read {path}: {exc}") from exc
 
 
-class WavMicrophone:
+class WavMicrophone(PacedMicrophone):
     """Plays a WAV file into the pipeline as if a microphone heard it.
 
     Args:
@@ -58,18 +58,12 @@ class WavMicrophone:
     """
 
     def __init__(self, path: Path, *, loop: bool = False, realtime: bool = True) -> None:
+        super().__init__()
         self.pcm = read_wav(path)
         self.name = f"wav:{path}"
         self._loop = loop
         self._realtime = realtime
         self._pos = 0
-        self._clock = PacedClock()
-
-    def watch(self, callback: Callable[[str, str | None], None]) -> None:
-        pass  # a file or nothing: it does not come and go
-
-    def statistics(self) -> dict[str, object]:
-        return {"name": self.name, "dropped_frames": self._clock.dropped}
 
     async def run(
         self,
@@ -77,19 +71,16 @@ class WavMicrophone:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with frames:
-            if self._realtime:
-                await self._clock.run(frames, self._read, task_status=task_status)
-                return
+        if self._realtime:
+            await super().run(frames, task_status=task_status)
+            return
+        async with frames:  # as fast as the pipeline takes it, then end
             task_status.started()
             step = bytes_of(FRAME_MS)
             for start in range(0, len(self.pcm), step):
                 await frames.send(AudioFrame(self.pcm[start : start + step], trio.current_time()))
 
-    async def flush(self) -> None:
-        self._clock.emit_due(self._read)
-
-    def _read(self, nbytes: int) -> bytes:
+    def read(self, nbytes: int) -> bytes:
         out = bytearray()
         while len(out) < nbytes:
             if self._pos >= len(self.pcm):
