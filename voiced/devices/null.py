@@ -26,7 +26,7 @@ class NullSpeaker:
     paced = False
 
     def __init__(self) -> None:
-        self._played = 0
+        self._played = 0  # bytes taken
         self.volume = 1.0
 
     async def open(self) -> None:

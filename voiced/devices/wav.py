@@ -9,13 +9,11 @@ barge-in truncates at what a listener would really have heard.
 from __future__ import annotations
 
 import wave
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from voiced.audio import (
-    BYTES_PER_MS,
     RATE,
     SAMPLE_BYTES,
     AudioFrame,
@@ -25,6 +23,7 @@ from voiced.audio import (
     silence,
 )
 from voiced.devices.clock import FRAME_MS, PacedMicrophone
+from voiced.devices.null import NullSpeaker
 from voiced.errors import DeviceError
 
 
@@ -93,8 +92,10 @@ class WavMicrophone(PacedMicrophone):
         return bytes(out)
 
 
-class WavSpeaker:
+class WavSpeaker(NullSpeaker):
     """Writes the speaker's audio to a WAV file, keeping the header valid after every write.
+    Nothing is queued: a paced write returns once it would have been heard, so a stop has
+    nothing to drop. The file is opened here, so that a bad path fails at startup.
 
     Args:
         path: the file, created or truncated when the speaker opens.
@@ -102,12 +103,11 @@ class WavSpeaker:
     """
 
     def __init__(self, path: Path, *, realtime: bool = True) -> None:
+        super().__init__()
         self.name = f"wav:{path}"
         self.path = path
         self.paced = realtime
-        self.volume = 1.0
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
-        self._written = 0
         try:
             self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the speaker's life)
             self._wav.setnchannels(1)
@@ -117,30 +117,6 @@ class WavSpeaker:
         except OSError as exc:
             raise DeviceError(f"cannot write the speaker file {path}: {exc}") from exc
 
-    async def open(self) -> None:
-        pass  # opened in the constructor, so that a bad path fails at startup
-
-    async def drain(self) -> None:
-        await trio.lowlevel.checkpoint()  # paced writes are heard as they return
-
-    def stop(self) -> None:
-        pass  # nothing is queued: playback hands a paced sink short blocks
-
-    def played_seconds(self) -> float:
-        return self._written / BYTES_PER_MS / 1000
-
-    def queued_seconds(self) -> float:
-        return 0.0
-
-    def started_at(self) -> float | None:
-        return None
-
-    def watch(self, callback: Callable[[str, str | None], None]) -> None:
-        pass  # a file or nothing: it does not come and go
-
-    def statistics(self) -> dict[str, object]:
-        return {"name": self.name, "volume": self.volume}
-
     async def play(self, pcm: bytes) -> None:
         await trio.lowlevel.checkpoint()
         if self._wav is None:
@@ -148,7 +124,7 @@ class WavSpeaker:
         # A block is at most a few kB into the page cache: a thread hop per block would cost more
         # CPU than the write, on the path that runs fifty times a second.
         self._wav.writeframes(pcm if self.volume == 1.0 else scale(pcm, self.volume))
-        self._written += len(pcm)
+        self._played += len(pcm)
         if self.paced:
             self._free_at = max(self._free_at, trio.current_time()) + ms_of(len(pcm)) / 1000
             await trio.sleep_until(self._free_at)
