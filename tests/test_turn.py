@@ -81,19 +81,20 @@ class Turn:
     """Drives a ``TurnController`` and checks every action list it returns (see module doc).
 
     It carries out what the session would: a ``Truncate`` becomes the ``Send`` of the truncate
-    at the speaker's position given; earcons and turn endings are collected in ``chimes`` and
-    ``ended`` (asserted where they matter) instead of being returned; every ``Changed`` must
+    at the speaker's position given; earcons, turn endings and readiness are collected in
+    ``chimes``, ``ended`` and ``readied`` (asserted where they matter) instead of being returned; every ``Changed`` must
     carry the controller's turn number, and is returned without it.
     """
 
     def __init__(self, *, ready: bool = True, **options: Any) -> None:
         self.ctl = TurnController(**options)
         if ready:
-            assert self.ctl.server_event(p.SessionUpdated("session.updated", {})) == []
+            assert self.ctl.server_event(p.SessionUpdated("session.updated", {})) == [a.Ready()]
         self.create_outstanding = False  # a response.create was sent and has not ended yet
         self.sent: list[p.ClientEvent] = []
         self.chimes: list[str] = []
         self.ended: list[tuple[int, Outcome]] = []
+        self.readied = 0  # Ready actions seen after the first
         self.now = 0.0
 
     @property
@@ -112,6 +113,8 @@ class Turn:
                 self.chimes.append(action.name)
             elif isinstance(action, TurnOver):
                 self.ended.append((action.turn, action.outcome))
+            elif isinstance(action, a.Ready):
+                self.readied += 1
             elif isinstance(action, a.Changed):
                 assert action.turn == self.ctl.turns
                 out.append(Changed(action.old, action.new))

@@ -49,6 +49,8 @@ def test_a_press_before_the_session_is_ready_is_refused_with_the_reason(command:
     assert t.chimes == ["error"]
     assert (t.state, t.ctl.turns, t.ended) == (IDLE, 0, [])
     t.event(p.SessionUpdated("session.updated", {}))
+    t.event(p.SessionUpdated("session.updated", {}))  # a later update is not news
+    assert t.readied == 1
     assert t.do(command) == [Changed(IDLE, LISTENING)]
 
 

@@ -119,6 +119,11 @@ class Transcribed:
 
 
 @dataclass
+class Ready:
+    """The session is configured: turns can start (news for the sinks and ``/status``)."""
+
+
+@dataclass
 class Reconnect:
     """Close the connection and open a fresh session now (the daemon is idle)."""
 
@@ -134,5 +139,6 @@ Action = (
     | Chime
     | TurnOver
     | Transcribed
+    | Ready
     | Reconnect
 )

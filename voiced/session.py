@@ -41,17 +41,11 @@ log = logging.getLogger("voiced.session")
 
 
 class Session:
-    """Dispatches inbound messages. Args are the pieces it feeds and the ends it writes to.
-
-    Args:
-        controller: the push-to-talk rules.
-        gate: which captured frames go out.
-        status: the figures, fed every published event.
-        broadcast: where events for the sinks go.
-        to_encode: gated frames and client events, in wire order (closed on shutdown).
-        to_decode: reply audio, end-of-reply markers and earcons (closed on shutdown).
-        player: for immediate stops and the played position.
-        earcons: sounds by name (``voiced.earcons.NAMES``); a missing name is not played.
+    """Dispatches inbound messages to the pure pieces (``controller``, ``gate``, ``status``) and
+    carries out their actions through the ends it writes to: ``to_encode`` (gated frames and
+    client events, in wire order), ``to_decode`` (reply audio, end-of-reply markers, earcons),
+    ``player`` (stops and the played position) and ``broadcast`` (events for the sinks). Both
+    channels are closed on shutdown. ``earcons`` are the sounds by name; a missing one is silent.
     """
 
     def __init__(
@@ -111,9 +105,6 @@ class Session:
             if frame is not None:
                 await self._send_audio(frame)
         elif isinstance(msg, p.ServerEvent):
-            if isinstance(msg, p.SessionUpdated) and not self.controller.ready:
-                self._publish(ConnectionChanged(True, ready=True))
-                self.ready.set()
             await self._apply(self.controller.server_event(msg))
         elif isinstance(msg, TurnCommand):
             self._press = msg.at if msg.at is not None else trio.current_time()
@@ -167,6 +158,9 @@ class Session:
             elif isinstance(action, a.Notice):
                 turn = self.controller.turns
                 getattr(log, action.level)("%s%s", f"turn {turn}: " if turn else "", action.message)
+            elif isinstance(action, a.Ready):
+                self._publish(ConnectionChanged(True, ready=True))
+                self.ready.set()
             elif isinstance(action, a.Reconnect):
                 await self._encode.send(Renew())
 

@@ -37,6 +37,7 @@ from voiced.actions import (
     EndPlayback,
     Notice,
     Play,
+    Ready,
     Reconnect,
     Send,
     StopPlayback,
@@ -181,8 +182,8 @@ class TurnController:
         if isinstance(event, p.ErrorEvent):
             return self._error(event)
         if isinstance(event, p.SessionUpdated):
-            self.ready = True
-            return []
+            ready, self.ready = self.ready, True
+            return [] if ready else [Ready()]
         if isinstance(event, p.InputAudioBufferCommitted):
             self._remember(event.item_id, self.turns)
             return []
