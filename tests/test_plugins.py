@@ -36,7 +36,7 @@ def test_builtins_describe_themselves(tmp_path: Path) -> None:
         assert spec is not None
         assert spec.name == name
         assert spec.description
-    assert [n for n, p in installed.items() if p.spec and p.spec.input] >= ["http", "terminal"]
+    assert {n for n, p in installed.items() if p.spec and p.spec.input} >= {"http", "terminal"}
     stdout = installed["stdout"].spec
     assert stdout is not None
     assert not stdout.input

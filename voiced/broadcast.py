@@ -62,14 +62,17 @@ class Subscription(trio.abc.ReceiveChannel[Event]):
         self._lot.unpark_all()
 
     async def receive(self) -> Event:
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
             if self._closed:
                 raise trio.ClosedResourceError
             if self._ended:
                 raise trio.EndOfChannel
             await self._lot.park()
-        await trio.lowlevel.checkpoint()
-        return self._queue.popleft()
+        event = self._queue.popleft()
+        # Yield without a cancel point: an event taken off the queue is never lost.
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return event
 
     def close(self) -> None:
         self._closed = True

@@ -45,7 +45,8 @@ class Player:
         if self._item is None:
             return None
         heard = (self.speaker.played_seconds() - self._item_start) * 1000
-        return Played(self._item, int(max(0.0, min(heard, self._item_bytes / BYTES_PER_MS))))
+        ms = max(0.0, min(heard, self._item_bytes / BYTES_PER_MS))
+        return Played(self._item, int(ms + 1e-6))  # not 19 ms for a float's 19.999999
 
     async def run(
         self,
@@ -88,17 +89,18 @@ class Player:
     ) -> None:
         if audio.turn <= self._stopped_through:
             return
-        if audio.turn != self._turn:
+        new_turn = audio.turn != self._turn
+        if new_turn:
             self._turn, self._handed = audio.turn, trio.current_time()
-        if audio.item_id != self._item:
+        if new_turn or audio.item_id != self._item:  # item ids restart on every connection
             self._item, self._item_bytes = audio.item_id, 0
             self._item_start = self.speaker.played_seconds() + self.speaker.queued_seconds()
         for start in range(0, len(audio.pcm), block):
             if audio.turn <= self._stopped_through:
                 return
             chunk = audio.pcm[start : start + block]
+            self._item_bytes += len(chunk)  # handed over: it comes out even if stopped now
             await self.speaker.play(chunk)
-            self._item_bytes += len(chunk)
             if self._handed is not None:
                 await self._started(news, final=False)
 
