@@ -205,3 +205,13 @@ async def test_receiver_waiting_when_its_subscriber_closes_is_told_so() -> None:
             await trio.testing.wait_all_tasks_blocked()
             subscription.close()
     assert outcome == [trio.ClosedResourceError]
+
+
+def test_drops_of_one_subscriber_s_several_subscriptions_add_up() -> None:
+    broadcast = Broadcast()
+    first = broadcast.subscribe("plugin", size=1)
+    second = broadcast.subscribe("plugin", size=2)
+    for _ in range(4):
+        broadcast.publish(StateChanged(State.IDLE, State.LISTENING, 1))
+    assert (first.dropped, second.dropped) == (3, 2)
+    assert broadcast.dropped() == {"plugin": 5}

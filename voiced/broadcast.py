@@ -114,8 +114,11 @@ class Broadcast:
             subscription.offer(event)
 
     def dropped(self) -> dict[str, int]:
-        """Events dropped per subscriber."""
-        return {s.name: s.dropped for s in self._subscriptions}
+        """Events dropped per subscriber name (a plugin's subscriptions added up)."""
+        out: dict[str, int] = {}
+        for subscription in self._subscriptions:
+            out[subscription.name] = out.get(subscription.name, 0) + subscription.dropped
+        return out
 
     def close(self) -> None:
         """End every subscription (they read what is queued, then stop)."""
