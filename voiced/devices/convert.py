@@ -55,8 +55,13 @@ class FromDevice:
 
     def convert(self, data: bytes) -> bytes:
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
-        if self.format.channels > 1:
-            samples = samples.reshape(-1, self.format.channels).mean(axis=1, dtype=np.float32)
+        channels = self.format.channels
+        if channels > 1:
+            # Strided adds: several times cheaper than reshape().mean() per 20 ms block.
+            mono = samples[0::channels].copy()
+            for channel in range(1, channels):
+                mono += samples[channel::channels]
+            samples = mono * np.float32(1 / channels)
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
         if self.gain != 1.0:

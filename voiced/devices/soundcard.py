@@ -92,11 +92,7 @@ class PyAudioMicrophone:
         self._convert = convert = FromDevice(fmt, self.config.gain)
         token = trio.lowlevel.current_trio_token()
 
-        # Every block pushes this deadline back; if none comes for STALL seconds, it expires.
-        watchdog = trio.CancelScope()
-
         def push(data: bytes, status: int) -> None:  # on the trio thread
-            watchdog.deadline = trio.current_time() + STALL
             self._blocks += 1
             if status & pyaudio.paInputOverflow:
                 self.xruns += 1
@@ -138,9 +134,13 @@ class PyAudioMicrophone:
         self._frames = frames
         ready.started()
         try:
-            watchdog.deadline = trio.current_time() + STALL
-            with watchdog:
-                await trio.sleep_forever()
+            # The watchdog: a whole STALL with no block means the device is gone (noticed
+            # within two). It looks once a STALL rather than pushing a deadline back on every
+            # block, which an idle kiosk would pay fifty times a second.
+            seen = -1
+            while seen != self._blocks:
+                seen = self._blocks
+                await trio.sleep(STALL)
             raise DeviceError(f"{device.name!r} stopped delivering audio")
         finally:
             self._frames = None
