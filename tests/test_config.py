@@ -239,6 +239,14 @@ def test_post_init_errors_are_located(tmp_path: Path, text: str, expected: str) 
             "audio:\n  input:\n    preroll_ms: -1\n",
             "3: audio.input.preroll_ms: must be between 0 and 5000 ms",
         ),
+        (
+            "audio:\n  max_turn_s: 0\n",
+            "2: audio.max_turn_s: must be between 1 and 3600 seconds",
+        ),
+        (
+            "audio:\n  on_max_turn: send\n",
+            "2: audio.on_max_turn: expected one of commit, cancel, got 'send'",
+        ),
         ("audio: [1]\n", "1: audio: expected a mapping, got a list"),
         ("plugins:\n  stdout: 3\n", "2: plugins.stdout: expected a mapping, got 3"),
     ],
