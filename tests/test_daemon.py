@@ -1,13 +1,20 @@
 """``voiced run`` in-process: a push-to-talk turn driven over real HTTP on loopback against the
-simulator on a real loopback WebSocket, with a paced WAV microphone and speaker."""
+simulator on a real loopback WebSocket, with a paced WAV microphone and speaker.
+
+The microphone, the speaker and the simulator are all paced on trio's clock, so the tests that
+let time pass run on the ``autojump_clock``: "the person speaks for half a second" is half a
+virtual second, in which the microphone hears exactly that much, and no wall time is spent.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -19,7 +26,14 @@ from voiced.app import run_daemon
 from voiced.audio import bytes_of, scale
 from voiced.config import load_config
 from voiced.earcons import builtin
-from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
+from voiced.events import (
+    ConnectionChanged,
+    DeviceChanged,
+    Event,
+    StateChanged,
+    Transcript,
+    TurnEnded,
+)
 from voiced.pipeline import Pipeline
 from voiced.sim import Simulator
 from voiced.turn import State
@@ -29,35 +43,92 @@ MIC = tone(2.0, seed=7)
 
 @asynccontextmanager
 async def daemon(
-    tmp_path: Path, url: str, *, speaker_realtime: bool = True, earcons: bool = False
+    tmp_path: Path,
+    url: str,
+    *,
+    speaker_realtime: bool = True,
+    earcons: bool = False,
+    preroll_ms: int | None = None,
+    max_turn_s: float | None = None,
+    on_max_turn: str | None = None,
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
+    """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http and
+    stdout plugins; yields the pipeline, an HTTP client for the control API and a subscription
+    to every event published from then on. The ``audio`` settings left None keep the defaults."""
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
+    audio = "".join(
+        f"  {key}: {value}\n"
+        for key, value in (("max_turn_s", max_turn_s), ("on_max_turn", on_max_turn))
+        if value is not None
+    )
+    preroll = "" if preroll_ms is None else f", preroll_ms: {preroll_ms}"
     path = config_file(
         tmp_path,
         f"realtime: {{url: '{url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
-        f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true}}\n"
+        f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true{preroll}}}\n"
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"
-        f"  earcons: {str(earcons).lower()}\n"
+        f"  earcons: {str(earcons).lower()}\n{audio}"
         f"plugins:\n  http: {{port: {port}}}\n  stdout: {{}}\n",
     )
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        pipe: Pipeline = await nursery.start(
-            partial(run_daemon, load_config(path), shutdown_trigger=stop.wait)
-        )
-        events = pipe.broadcast.subscribe("test")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield pipe, client, events
-        stop.set()
+    with ExitStack() as after:
+        async with trio.open_nursery() as nursery:
+            pipe: Pipeline = await nursery.start(
+                partial(run_daemon, load_config(path), shutdown_trigger=stop.wait)
+            )
+            events = pipe.broadcast.subscribe("test")
+            try:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                    yield pipe, client, events
+            finally:
+                # Shutting down waits on a worker thread (the WAV speaker's file is closed in
+                # one), which a virtual clock would race past to the next deadline.
+                after.enter_context(real_time())
+                stop.set()
+
+
+@contextmanager
+def real_time() -> Iterator[None]:
+    """Inside, a virtual clock (``autojump_clock``) follows real time instead of jumping; a
+    real clock is left alone."""
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        yield
+        return
+    threshold = clock.autojump_threshold
+    clock.autojump_threshold, clock.rate = math.inf, 1.0
+    try:
+        yield
+    finally:
+        clock.rate, clock.autojump_threshold = 0.0, threshold
+
+
+async def elapse(seconds: float) -> None:
+    """Let ``seconds`` pass on the test's virtual clock: the paced WAV microphone hears exactly
+    that much and the paced WAV speaker plays that much. Never a wall-clock wait: it refuses to
+    run unless the test runs on the ``autojump_clock``."""
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock), "elapse() needs the autojump_clock"
+    assert clock.autojump_threshold == 0, "elapse() needs the autojump_clock"
+    assert clock.rate == 0, "elapse() needs the autojump_clock"
+    await trio.sleep(seconds)
+
+
+E = TypeVar("E", StateChanged, TurnEnded, ConnectionChanged, Transcript, DeviceChanged)
+
+
+async def next_event(events: trio.abc.ReceiveChannel[Event], kind: type[E]) -> E:
+    """The next event of ``kind`` (those of other kinds before it are passed over)."""
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError("events ended")
 
 
 async def next_state(events: trio.abc.ReceiveChannel[Event]) -> State:
-    async for event in events:
-        if isinstance(event, StateChanged):
-            return event.new
-    raise AssertionError("events ended")
+    return (await next_event(events, StateChanged)).new
 
 
 @pytest.fixture
@@ -68,7 +139,10 @@ async def thinking_sim(nursery: trio.Nursery) -> RunningSim:
 
 
 async def test_turn_over_http(
-    thinking_sim: RunningSim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    thinking_sim: RunningSim,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     sim = thinking_sim
     with trio.fail_after(20):
@@ -82,7 +156,7 @@ async def test_turn_over_http(
             assert response.status_code == 202
             assert await next_state(events) is State.LISTENING
             assert (await http.get("/status")).json()["state"] == "listening"
-            await trio.sleep(0.5)  # the person speaks for half a second
+            await elapse(0.5)  # the person speaks for half a second
             assert (await http.post("/commit")).status_code == 202
             assert await next_state(events) is State.THINKING
             assert (await http.get("/status")).json()["state"] == "thinking"
@@ -118,17 +192,19 @@ async def test_turn_over_http(
     ]
 
 
-async def test_barge_in_truncates_at_what_was_played(sim: RunningSim, tmp_path: Path) -> None:
+async def test_barge_in_truncates_at_what_was_played(
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
             await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
-            await trio.sleep(1.0)  # a one-second question: a one-second (echo) answer
+            await elapse(1.0)  # a one-second question: a one-second (echo) answer
             await http.post("/commit")
             assert await next_state(events) is State.THINKING
             assert await next_state(events) is State.SPEAKING
-            await trio.sleep(0.3)  # let some of the answer play
+            await elapse(0.3)  # 300 ms of the answer play
             await http.post("/start")  # barge in
             assert await next_state(events) is State.LISTENING
             await http.post("/cancel")
@@ -184,12 +260,14 @@ async def test_http_errors(sim: RunningSim, tmp_path: Path) -> None:
             )
 
 
-async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -> None:
+async def test_turn_ended_event_reaches_sinks(
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url, speaker_realtime=False) as (pipe, http, events):
             await pipe.ready.wait()
             await http.post("/start")
-            await trio.sleep(0.2)  # the person speaks
+            await elapse(0.2)  # the person speaks
             await http.post("/commit")
             async for event in events:
                 if isinstance(event, TurnEnded):
@@ -197,14 +275,16 @@ async def test_turn_ended_event_reaches_sinks(sim: RunningSim, tmp_path: Path) -
                     break
 
 
-async def test_daemon_survives_a_server_error(sim: RunningSim, tmp_path: Path) -> None:
+async def test_daemon_survives_a_server_error(
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     sim.sim.faults.fail_event = "response.create"
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
             await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
-            await trio.sleep(0.2)  # the person speaks
+            await elapse(0.2)  # the person speaks
             await http.post("/commit")
             assert await next_state(events) is State.THINKING
             assert await next_state(events) is State.IDLE
@@ -214,12 +294,16 @@ async def test_daemon_survives_a_server_error(sim: RunningSim, tmp_path: Path) -
 
 
 async def test_volume_is_set_over_http_and_kept_across_restarts(
-    sim: RunningSim, tmp_path: Path, state_directory: Path
+    sim: RunningSim,
+    tmp_path: Path,
+    state_directory: Path,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url) as (pipe, http, events):
             assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 1.0
-            response = await http.post("/volume", json={"volume": 0.25})
+            with real_time():  # the volume is saved in a worker thread: no clock may race it
+                response = await http.post("/volume", json={"volume": 0.25})
             assert (response.status_code, response.json()) == (200, {"volume": 0.25})
             assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.25
             for bad in ({"volume": 1.5}, {"volume": "loud"}, {"level": 1}, {"volume": True}):
@@ -233,7 +317,7 @@ async def test_volume_is_set_over_http_and_kept_across_restarts(
             await pipe.ready.wait()
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
-            await trio.sleep(0.3)  # the person speaks
+            await elapse(0.3)  # the person speaks
             await http.post("/commit")
             while await next_state(events) is not State.IDLE:
                 pass
@@ -245,14 +329,15 @@ async def test_volume_is_set_over_http_and_kept_across_restarts(
 
 
 async def test_earcons_play_to_the_speaker_and_never_reach_the_server(
-    sim: RunningSim, tmp_path: Path
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url, earcons=True) as (pipe, http, events):
             await pipe.ready.wait()
+            await elapse(0.5)  # the person starts talking before the press: the pre-roll
             await http.post("/start")
             assert await next_state(events) is State.LISTENING
-            await trio.sleep(0.8)  # the person speaks
+            await elapse(0.8)  # the person speaks
             await http.post("/commit")
             while await next_state(events) is not State.IDLE:
                 pass

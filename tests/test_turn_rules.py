@@ -315,3 +315,23 @@ def test_a_response_done_before_any_create_is_not_believed() -> None:
     assert t.event(p.ResponseDone("response.done", None, "completed", None)) == []
     assert t.event(delta("resp_1")) == []
     assert (t.state, t.ended) == (IDLE, [])
+
+
+def test_a_barge_in_during_the_first_item_truncates_that_item_though_the_next_arrived() -> None:
+    """The server sends faster than real time: the answer item may have arrived while the
+    preamble still plays. The truncate names the item that was playing, not the last received."""
+    t = Turn().think()
+    t.event(created("resp_1"))
+    t.event(delta("resp_1", "item_pre", 300))
+    t.event(delta("resp_1", "item_ans", 800))
+    actions = t.start(Played("item_pre", 160))
+    assert Send(p.ConversationItemTruncate("item_pre", 160, event_id="truncate")) in actions
+
+
+def test_a_barge_in_before_anything_played_truncates_the_first_item_at_zero() -> None:
+    t = Turn().think()
+    t.event(created("resp_1"))
+    t.event(delta("resp_1", "item_pre", 300))
+    t.event(delta("resp_1", "item_ans", 800))
+    actions = t.start(None)
+    assert Send(p.ConversationItemTruncate("item_pre", 0, event_id="truncate")) in actions

@@ -57,22 +57,25 @@ class Played:
 
 @dataclass
 class Truncate:
-    """Read the speaker's position (after the stop before this), and truncate ``item_id`` there.
+    """Read the speaker's position (after the stop before this), and truncate the item that was
+    playing there.
 
     Attributes:
-        item_id: the assistant item that was playing.
-        received_ms: how much of it arrived: the server rejects a truncate past its end.
+        received_ms: milliseconds received of each assistant item of the reply, in order: a
+            reply can hold several (a preamble, then the answer), the server sends them faster
+            than they play, and it rejects a truncate past an item's end.
     """
 
-    item_id: str
-    received_ms: int
+    received_ms: dict[str, int]
 
     def event(self, played: Played | None) -> p.ConversationItemTruncate:
-        """The truncate, given the speaker's position (None: it played nothing)."""
-        heard = played.ms if played is not None and played.item_id == self.item_id else 0
-        return p.ConversationItemTruncate(
-            self.item_id, min(heard, self.received_ms), event_id="truncate"
-        )
+        """The truncate, given the speaker's position (None: it played nothing): the item that
+        was playing, at what came out of it; else the reply's first item, at 0."""
+        if played is not None and played.item_id in self.received_ms:
+            ms = min(played.ms, self.received_ms[played.item_id])
+            return p.ConversationItemTruncate(played.item_id, ms, event_id="truncate")
+        first = next(iter(self.received_ms))
+        return p.ConversationItemTruncate(first, 0, event_id="truncate")
 
 
 @dataclass

@@ -132,8 +132,7 @@ class TurnController:
         self._cancel_unnamed = False  # a cancel was sent before the response had an id
         self._cancelled: set[str] = set()
         self._create_pending = False  # a commit is waiting for the previous response to end
-        self._item_id: str | None = None  # assistant item being spoken
-        self._item_bytes = 0  # reply bytes received for that item
+        self._items: dict[str, int] = {}  # bytes received of each item of the reply spoken
         self._commit_id: str | None = None  # event id of the current turn's commit
         self._create_id: str | None = None  # event id of the response.create in flight
 
@@ -316,8 +315,9 @@ class TurnController:
         self._create_pending = False
         if self.state is State.SPEAKING:
             actions.append(StopPlayback(self.turns))
-            if self._item_id is not None:
-                actions.append(Truncate(self._item_id, self._item_bytes // BYTES_PER_MS))
+            if self._items:
+                received = {item: n // BYTES_PER_MS for item, n in self._items.items()}
+                actions.append(Truncate(received))
         if (
             self._in_flight
             and not self._cancel_unnamed
@@ -348,15 +348,14 @@ class TurnController:
         if event.response_id in self._cancelled or event.response_id != self._response_id:
             return []  # audio of a cancelled (or unknown) response is never played
         if self.state is State.THINKING and self._response_turn == self.turns:
-            self._item_id, self._item_bytes = event.item_id, 0
+            self._items = {}
             actions: list[Action] = [*self._to(State.SPEAKING)]
         elif self.state is State.SPEAKING:
             actions = []
         else:
             return []
-        if event.item_id != self._item_id:  # the response's next item (after a preamble)
-            self._item_id, self._item_bytes = event.item_id, 0
-        self._item_bytes += len(event.audio)
+        # A reply may hold several items (a preamble, then the answer), each counted.
+        self._items[event.item_id] = self._items.get(event.item_id, 0) + len(event.audio)
         return [*actions, Play(event, self.turns)]
 
     def _response_done(self, event: p.ResponseDone) -> list[Action]:
