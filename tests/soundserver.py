@@ -49,9 +49,13 @@ Gotchas, each handled here:
 - An idle null sink renders in 2-second blocks, so a new stream can stall for 0.3 to 2 s before
   audio moves. Each sink gets a silent keep-alive stream with a 10 ms latency, then a suspend and
   resume restarts the sink's clock so the keep-alive's pace applies at once. ``start`` returns
-  only when a 20 ms clip plays promptly on every sink. The silence mixes in as zeros: at the
-  sink's own rate audio goes through bit-exact, except that a new playback stream's first 1 to
-  2 ms come out as silence (correlation 0.99999 for a 1.5 s clip).
+  only once the server reports that every sink renders again within ``PACED_USEC`` (its
+  latency: the time to its next block). The silence mixes in as zeros: at the sink's own rate
+  audio goes through bit-exact, except that a new playback stream's first 1 to 2 ms come out as
+  silence (correlation 0.99999 for a 1.5 s clip).
+- ``start`` waits on events, never polls: the daemon's READY=1 on a notify socket of its own
+  (``NOTIFY_SOCKET``, as systemd would get it), each keep-alive's "Stream successfully
+  created." (``pacat --verbose``). A ``Recording`` is waited on by what it has recorded.
 - ``pulseaudio --system`` drops to user ``pulse`` and cannot bind in root-owned directories: this
   is a user-mode daemon, and running it as root only logs a warning.
 - A unix socket path must fit in 108 bytes; pytest's ``tmp_path`` does.
@@ -63,9 +67,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -79,9 +86,10 @@ import numpy.typing as npt
 RATE = 24_000
 """The rate of the default devices and of the helpers here: the app's wire rate."""
 START_TIMEOUT = 10.0
-"""Seconds ``start`` may take before it gives up (it takes about 0.3 s)."""
-PROMPT = 0.25
-"""A 20 ms clip must play within this many seconds for a sink to count as ready."""
+"""Seconds ``start`` may take before it gives up (a safety net: it takes about 0.1 s)."""
+PACED_USEC = 20_000
+"""A sink counts as paced when the server says it renders again within this many microseconds:
+an idle null sink renders in 2-second blocks, one paced by a keep-alive every 2.5 ms."""
 PROGRAMS = ("pulseaudio", "pactl", "pacat", "espeak-ng", "sox")
 """What the server and the speech helper run."""
 ENV_KEYS = ("PULSE_SERVER", "XDG_RUNTIME_DIR", "PULSE_CLIENTCONFIG", "ALSA_CONFIG_PATH")
@@ -124,17 +132,18 @@ DEFAULT_DEVICES = (MIC, SPEAKER)
 
 
 class Recording:
-    """Raw PCM16 from ``pacat --record``, gathered by a reader thread until ``stop``."""
+    """Raw PCM16 from ``pacat --record``, gathered by a reader thread until ``stop``.
+
+    The sound server's clock paces it: a test waits on what has been recorded (``wait_for``,
+    ``wait_for_sound``), never on the wall clock.
+    """
 
     def __init__(self, process: subprocess.Popen[bytes], frame_bytes: int) -> None:
         self._process = process
         self._frame_bytes = frame_bytes
-        self._chunks: list[bytes] = []
-        self._nbytes = 0
+        self._data = bytearray()
         self._done = False
         self._changed = threading.Condition()
-        self.started_at = 0.0
-        """``time.monotonic()`` when the first bytes arrived (byte 0 was heard ~10 ms before)."""
         self._thread = threading.Thread(target=self._read, name="recording", daemon=True)
         self._thread.start()
 
@@ -143,10 +152,7 @@ class Recording:
         fd = self._process.stdout.fileno()
         while chunk := os.read(fd, 65536):
             with self._changed:
-                if not self._chunks:
-                    self.started_at = time.monotonic()
-                self._chunks.append(chunk)
-                self._nbytes += len(chunk)
+                self._data += chunk
                 self._changed.notify_all()
         with self._changed:
             self._done = True
@@ -156,7 +162,12 @@ class Recording:
     def nbytes(self) -> int:
         """Bytes recorded so far."""
         with self._changed:
-            return self._nbytes
+            return len(self._data)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per frame: 2 per channel."""
+        return self._frame_bytes
 
     def wait_for(self, nbytes: int, timeout: float = 5.0) -> None:
         """Block until at least ``nbytes`` are recorded (the audio clock paces this).
@@ -165,10 +176,39 @@ class Recording:
             SoundServerError: the recorder ended, or ``timeout`` seconds passed, first.
         """
         with self._changed:
-            if not self._changed.wait_for(lambda: self._nbytes >= nbytes or self._done, timeout):
-                raise SoundServerError(f"recorded {self._nbytes} of {nbytes} bytes in {timeout} s")
-            if self._nbytes < nbytes:
-                raise SoundServerError(f"recorder ended after {self._nbytes} of {nbytes} bytes")
+            if not self._changed.wait_for(lambda: len(self._data) >= nbytes or self._done, timeout):
+                raise SoundServerError(
+                    f"recorded {len(self._data)} of {nbytes} bytes in {timeout} s"
+                )
+            if len(self._data) < nbytes:
+                raise SoundServerError(f"recorder ended after {len(self._data)} of {nbytes} bytes")
+
+    def wait_for_sound(self, threshold: int = 1000, timeout: float = 5.0) -> int:
+        """Block until a sample louder than ``threshold`` is recorded; its frame (as ``onset``).
+
+        Raises:
+            SoundServerError: the recorder ended, or ``timeout`` seconds passed, first.
+        """
+        found: list[int] = []
+        scanned = 0  # bytes already looked at, in whole frames
+
+        def heard() -> bool:
+            nonlocal scanned
+            end = len(self._data) - len(self._data) % self._frame_bytes
+            if end > scanned:
+                # A copy: a view would pin the buffer, and the reader must be free to grow it.
+                first = onset(bytes(self._data[scanned:end]), threshold, self._frame_bytes // 2)
+                if first is not None:
+                    found.append(scanned // self._frame_bytes + first)
+                scanned = end
+            return bool(found) or self._done
+
+        with self._changed:
+            if not self._changed.wait_for(heard, timeout):
+                raise SoundServerError(f"no sound above {threshold} recorded in {timeout} s")
+            if not found:
+                raise SoundServerError(f"recorder ended before a sound above {threshold}")
+            return found[0]
 
     def stop(self) -> bytes:
         """End the recording; every byte recorded, in whole frames. Safe to call again."""
@@ -177,7 +217,7 @@ class Recording:
         if self._process.stdout is not None:
             self._process.stdout.close()
         with self._changed:
-            data = b"".join(self._chunks)
+            data = bytes(self._data)
         return data[: len(data) - len(data) % self._frame_bytes]
 
 
@@ -204,6 +244,7 @@ class SoundServer:
         self.devices: tuple[Device, ...] = ()
         self._daemon: subprocess.Popen[bytes] | None = None
         self._keepalives: list[subprocess.Popen[bytes]] = []
+        self._watches: list[_StreamWatch] = []
         self._players: list[subprocess.Popen[bytes]] = []
         self._recordings: list[Recording] = []
         self._saved_environ: dict[str, str | None] | None = None
@@ -222,7 +263,7 @@ class SoundServer:
         source: str | None = None,
         sink: str | None = None,
     ) -> None:
-        """Start the daemon with these devices; return once every sink plays promptly.
+        """Start the daemon with these devices; return once every sink renders at a brisk pace.
 
         The default source is ``source`` (a source name, such as ``"mic48.monitor"``), else
         ``mic.monitor`` if there is a ``mic``, else the first device's monitor; the default sink
@@ -247,8 +288,7 @@ class SoundServer:
         try:
             self._start_daemon(deadline)
             self._start_keepalives(deadline)
-            for device in devices:
-                self._wait_prompt(device, deadline)
+            self._check_paced()
         except BaseException:
             self.stop()
             raise
@@ -263,8 +303,11 @@ class SoundServer:
             recording.stop()
         for process in [*self._players, *self._keepalives]:
             _end(process)
+        for watch in self._watches:
+            watch.join()
         self._players.clear()
         self._keepalives.clear()
+        self._watches.clear()
         if self._daemon is not None:
             _end(self._daemon)
             self._daemon = None
@@ -330,76 +373,94 @@ class SoundServer:
 
     def _start_daemon(self, deadline: float) -> None:
         env = {key: value for key, value in os.environ.items() if key not in ENV_KEYS}
+        notify_path = self.root / "notify"
         env.update(
             HOME=str(self.root / "home"),
             XDG_RUNTIME_DIR=self.env["XDG_RUNTIME_DIR"],
             XDG_CONFIG_HOME=str(self.root / "home" / ".config"),
             PULSE_CONFIG=str(self.root / "daemon.conf"),
+            # pulseaudio tells systemd's notify socket READY=1 once default.pa is loaded and it
+            # takes clients: this one is the test's, so start blocks on that message.
+            NOTIFY_SOCKET=str(notify_path),
         )
         self.socket.unlink(missing_ok=True)
+        notify_path.unlink(missing_ok=True)
         command = ["pulseaudio", "--daemonize=no", "-n", "-F", str(self.root / "default.pa")]
         command.append(f"--log-target=file:{self.log}")
-        with open(self.root / "pulseaudio.out", "wb") as out:
-            self._daemon = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        while True:
-            if self._daemon.poll() is not None:
-                raise SoundServerError(
-                    f"pulseaudio exited {self._daemon.returncode}: {self._log()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(notify_path))
+            with open(self.root / "pulseaudio.out", "wb") as out:
+                self._daemon = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-            if self._run("pactl", "info").returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise SoundServerError(f"pulseaudio did not answer: {self._log()}")
-            time.sleep(0.02)
+            try:
+                ready = _await_ready(notify, self._daemon, deadline)
+            finally:
+                notify_path.unlink(missing_ok=True)
+        if self._daemon.poll() is not None:
+            raise SoundServerError(f"pulseaudio exited {self._daemon.returncode}: {self._log()}")
+        # Without READY=1 by the deadline (a pulseaudio built without systemd never sends it),
+        # it may still be up: the one question that decides.
+        if self._run("pactl", "info").returncode != 0:
+            said = (
+                "said it was ready" if ready else f"did not say it was ready in {START_TIMEOUT} s"
+            )
+            raise SoundServerError(f"pulseaudio {said} but does not answer: {self._log()}")
 
     def _start_keepalives(self, deadline: float) -> None:
         for device in self.devices:
-            self._keepalives.append(
-                subprocess.Popen(
+            read_end, write_end = os.pipe()
+            try:
+                process = subprocess.Popen(
                     [
                         *_pacat_format(device.rate, device.channels),
                         "--playback",
                         f"--device={device.name}",
                         "--latency-msec=10",
                         f"--client-name=keepalive-{device.name}",
+                        "--verbose",  # says when its stream exists on the server
                         "/dev/zero",
                     ],
-                    env=self.client_env(),
+                    env={**self.client_env(), "LC_ALL": "C"},
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=write_end,
                     start_new_session=True,
                 )
-            )
+            finally:
+                os.close(write_end)
+            self._keepalives.append(process)
+            self._watches.append(_StreamWatch(read_end))
         # The keep-alives pace a sink only from the end of its current 2 s idle block; a
         # suspend and resume restarts the sink's clock, once they are all connected.
-        while len(self.pactl("list", "short", "sink-inputs").splitlines()) < len(self.devices):
-            if any(process.poll() is not None for process in self._keepalives):
-                raise SoundServerError(f"a keep-alive stream ended: {self._log()}")
-            if time.monotonic() > deadline:
-                raise SoundServerError("keep-alive streams did not connect")
-            time.sleep(0.01)
+        for device, watch in zip(self.devices, self._watches, strict=True):
+            if not watch.settled.wait(max(0.0, deadline - time.monotonic())):
+                raise SoundServerError(
+                    f"keep-alive of {device.name} did not connect: {watch.said()}"
+                )
+            if not watch.created:
+                raise SoundServerError(f"keep-alive of {device.name} ended: {watch.said()}")
         for device in self.devices:
             self.pactl("suspend-sink", device.name, "1")
             self.pactl("suspend-sink", device.name, "0")
 
-    def _wait_prompt(self, device: Device, deadline: float) -> None:
-        blip = bytes(device.rate * device.channels * 2 // 50)  # 20 ms of silence
-        while True:
-            began = time.monotonic()
-            self.play_into(device.name, blip, device.rate, device.channels)
-            took = time.monotonic() - began
-            if took < PROMPT:
-                return
-            if time.monotonic() > deadline:
-                raise SoundServerError(f"sink {device.name}: a 20 ms clip took {took:.2f} s")
+    def _check_paced(self) -> None:
+        """Every sink renders at its keep-alive's pace, as the server reports it."""
+        slow = {name: usec for name, usec in self.sink_latencies().items() if usec > PACED_USEC}
+        if slow:
+            raise SoundServerError(f"sinks still render in long blocks (latency, us): {slow}")
+
+    def sink_latencies(self) -> dict[str, float]:
+        """Each sink's latency in microseconds, as the server reports it: for a null sink, the
+        time until it renders its next block (up to 2 s idle; ``PACED_USEC`` at most once paced).
+        """
+        sinks = json.loads(self.pactl("--format=json", "list", "sinks"))
+        return {str(sink["name"]): float(sink["latency"]["actual"]) for sink in sinks}
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -581,6 +642,63 @@ def _end(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     for stream in (process.stdin, process.stderr):
         if stream is not None:
             stream.close()
+
+
+def _await_ready(notify: socket.socket, daemon: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Block until ``daemon`` sends READY=1 to ``notify`` (True), exits, or ``deadline`` passes."""
+    try:
+        exited = [os.pidfd_open(daemon.pid)]  # readable once the daemon has exited
+    except (AttributeError, OSError):  # no pidfd here: an early exit shows at the deadline
+        exited = []
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([notify.fileno(), *exited], [], [], remaining)
+            if notify.fileno() in readable:
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return True
+            elif readable:
+                return False
+        return False
+    finally:
+        for fd in exited:
+            os.close(fd)
+
+
+class _StreamWatch:
+    """Reads a ``pacat --verbose``'s standard error on a thread until pacat ends.
+
+    ``settled`` is set once pacat says its stream was created (``created``), or once it ended
+    without. pacat keeps reporting its latency every 50 ms, so the pipe is drained to the end.
+    """
+
+    MARKER = b"Stream successfully created."
+
+    def __init__(self, fd: int) -> None:
+        self.created = False
+        self.settled = threading.Event()
+        self._fd = fd
+        self._head = b""  # the last of what it said before the stream was created
+        self._thread = threading.Thread(target=self._read, name="pacat-stderr", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 65536):
+                if not self.settled.is_set():
+                    self._head = (self._head + chunk)[-4096:]
+                    if self.MARKER in self._head:
+                        self.created = True
+                        self.settled.set()
+        finally:
+            os.close(self._fd)
+            self.settled.set()
+
+    def said(self) -> str:
+        return self._head.decode(errors="replace").strip() or "(nothing)"
+
+    def join(self) -> None:
+        """Wait for the end of pacat's output (call once pacat has ended)."""
+        self._thread.join(5)
 
 
 def _write(path: Path, text: str) -> None:

@@ -15,7 +15,13 @@ import pytest
 import trio
 
 from tests.conftest import SIM_KEY, config_file, free_port
-from tests.soundserver import SoundServer, missing_programs, running_soundserver, speech
+from tests.soundserver import (
+    SoundServer,
+    missing_programs,
+    onset,
+    running_soundserver,
+    speech,
+)
 from voiced.app import run_daemon
 from voiced.config import load_config
 from voiced.events import DeviceChanged, Event, StateChanged
@@ -38,6 +44,13 @@ async def microphone_changed(events: trio.abc.ReceiveChannel[Event]) -> DeviceCh
     async for event in events:
         if isinstance(event, DeviceChanged) and event.device == "microphone":
             return event
+    raise AssertionError("events ended")
+
+
+async def until(events: trio.abc.ReceiveChannel[Event], state: State) -> None:
+    async for event in events:
+        if isinstance(event, StateChanged) and event.new is state:
+            return
     raise AssertionError("events ended")
 
 
@@ -76,16 +89,22 @@ async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) 
                 while (back := await microphone_changed(events)).error is not None:
                     assert "no input device" in back.error or "neither mono" in back.error
                 assert back.name == "pyaudio:mic (44100 Hz, 1 ch)"
-                # A whole turn works again: heard, answered, played.
+                # A whole turn works again: heard, answered, played. The button goes down,
+                # then the person speaks; it comes up once the microphone (its monitor, which
+                # the app hears too) has carried the last word and 200 ms more.
                 utterance = speech("are you back")
-                player = await trio.to_thread.run_sync(sound.start_playing, "mic", utterance)
+                heard = await trio.to_thread.run_sync(sound.record, "mic.monitor")
                 await http.post("/start")
-                await trio.to_thread.run_sync(player.wait)
-                await trio.sleep(0.2)  # the button comes up a moment after the last word
+                await until(events, State.LISTENING)
+                player = await trio.to_thread.run_sync(sound.start_playing, "mic", utterance)
+                begins = await trio.to_thread.run_sync(heard.wait_for_sound)
+                begins -= onset(utterance) or 0
+                end = (begins + len(utterance) // 2 + 24000 // 5) * heard.frame_bytes
+                await trio.to_thread.run_sync(heard.wait_for, end)
+                assert await trio.to_thread.run_sync(player.wait, 5) == 0
+                await trio.to_thread.run_sync(heard.stop)
                 await http.post("/commit")
-                async for event in events:
-                    if isinstance(event, StateChanged) and event.new is State.IDLE:
-                        break
+                await until(events, State.IDLE)
                 status = (await http.get("/status")).json()
                 assert status["last_turn"]["outcome"] == "completed"
                 assert status["audio"]["output"]["error"] is None
