@@ -264,6 +264,9 @@ class PyAudioSpeaker:
                         self._priming = True
                     if out:
                         self._played += len(out) / frame_bytes / rate
+                    if self._ending and not self._buffer:
+                        # All of it is out: the next reply gathers its jitter buffer again.
+                        self._priming, self._ending = True, False
                 if self._wake is not None and len(self._buffer) < ahead:
                     wake, self._wake = self._wake, None
                     try:
@@ -349,8 +352,9 @@ class PyAudioSpeaker:
         with self._lock:
             head = bytes(self._buffer[:fade])
             self._buffer[:] = fade_out(head, self._format) if head else b""
-            self._priming = True
-            self._ending = False
+            # The fade plays out at once (no jitter buffer to gather, no underrun to count);
+            # then the next reply gathers its own.
+            self._priming, self._ending = not head, bool(head)
         self._convert.reset()
 
     def played_seconds(self) -> float:
