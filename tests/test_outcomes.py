@@ -300,6 +300,9 @@ async def test_stuck_button_ends_listening_by_itself(
                 assert await next_state(events) is State.SPEAKING
                 ended = await next_event(events, TurnEnded)
                 assert (ended.turn, ended.outcome, ended.reason) == (1, "completed", None)
+                # The limit ended listening, not the press a second before: the commit went
+                # out at once.
+                assert ended.latencies["commit"] < 50
             else:
                 ended = await next_event(events, TurnEnded)
                 assert trio.current_time() - pressed == pytest.approx(1.0)

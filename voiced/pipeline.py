@@ -75,9 +75,8 @@ class Pipeline:
 
     def status(self) -> dict[str, Any]:
         """The JSON-ready snapshot ``/status`` shows."""
-        devices = {"output": self.player.speaker.statistics}
-        if self._microphone is not None:
-            devices["input"] = self._microphone.statistics
+        devices = {"input": self._microphone.statistics} if self._microphone else {}
+        devices["output"] = self.player.speaker.statistics
         return self._status.to_json(
             devices=devices,
             link={

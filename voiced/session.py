@@ -79,7 +79,8 @@ class Session:
             async with self._encode, self._decode:
                 while not isinstance(msg := await self._next(inbound), Shutdown):
                     if msg is None:  # listening reached the stuck-button deadline
-                        await self._apply(self.controller.tick(trio.current_time()))
+                        self._press = trio.current_time()  # it ends listening, like a press
+                        await self._apply(self.controller.tick(self._press))
                     else:
                         await self._handle(msg)
             # Producers may still be finishing (the transport flushing, the player ending):
