@@ -22,6 +22,7 @@ import trio.testing
 from voiced.errors import PluginError
 from voiced.events import (
     ConnectionChanged,
+    DaemonState,
     DeviceChanged,
     Event,
     StateChanged,
@@ -260,7 +261,10 @@ async def test_fake_filters_kinds_and_ends_subscriptions() -> None:
     fake.publish(AGENT)  # after the end: nobody gets it
     with trio.fail_after(10):
         assert [e async for e in transcripts] == [USER]
-        assert [e async for e in everything] == [USER, *NOT_TRANSCRIPTS]
+        got = [e async for e in everything]
+    # Every event, and (as the daemon does) what it shows a person whenever that changed.
+    assert [e for e in got if not isinstance(e, DaemonState)] == [USER, *NOT_TRANSCRIPTS]
+    assert [e.state for e in got if isinstance(e, DaemonState)] == ["listening", "error"]
 
 
 async def test_fake_drops_like_the_daemon() -> None:
@@ -274,7 +278,8 @@ async def test_fake_drops_like_the_daemon() -> None:
     for _ in range(5):
         fake.publish(USER)
         fake.publish(changed)  # not a transcript: dropped once the queue is full
-    assert (lossy.dropped, durable.dropped) == (8, 4)
+    # The durable one also dropped the first DaemonState news ("listening"), not a transcript.
+    assert (lossy.dropped, durable.dropped) == (8, 5)
     fake.end()
     with trio.fail_after(10):
         assert [e async for e in lossy] == [USER, USER]
@@ -302,12 +307,14 @@ async def test_fake_status_follows_events_like_the_daemon() -> None:
         assert fake.status() == real.to_json(devices={}, link={}, dropped={})
     assert fake.status()["last_error"] == "gone"
     # What the test sets stays until an event changes it.
+    fake.status_values["realtime"] = {"url": "wss://kiosk.example", "model": "m"}
     fake.status_values["turns"] = 9
     fake.publish(StateChanged(State.IDLE, State.LISTENING, 2))
-    assert (fake.status()["turns"], fake.status()["state"]) == (9, "listening")
+    assert fake.status()["realtime"] == {"url": "wss://kiosk.example", "model": "m"}
+    assert (fake.status()["turns"], fake.status()["state"]) == (2, "listening")  # changed
     # status() is a snapshot: changing it changes nothing.
     fake.status()["turns"] = 0
-    assert fake.status_values["turns"] == 9
+    assert fake.status_values["turns"] == 2
 
 
 def test_fake_default_status_is_shaped_like_the_daemons() -> None:

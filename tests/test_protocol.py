@@ -306,6 +306,12 @@ ASSISTANT_ITEM: dict[str, Any] = {
 }
 
 
+PARSED_USAGE = p.Usage(
+    input_text=120, input_audio=140, input_cached=64, output_text=30, output_audio=122
+)
+"""What ``response()``'s usage says, as voiced reads it."""
+
+
 def response(status: str, details: dict[str, Any] | None, *, usage: bool = True) -> dict[str, Any]:
     return {
         "object": "realtime.response",
@@ -466,7 +472,7 @@ PARSED: list[tuple[str, dict[str, Any], p.ServerEvent]] = [
     (
         "response.done-completed",
         {"type": "response.done", "event_id": "event_11", "response": response("completed", None)},
-        p.ResponseDone("response.done", "resp_1", "completed", None),
+        p.ResponseDone("response.done", "resp_1", "completed", None, PARSED_USAGE),
     ),
     (
         "response.done-cancelled",
@@ -475,7 +481,7 @@ PARSED: list[tuple[str, dict[str, Any], p.ServerEvent]] = [
             "event_id": "event_12",
             "response": response("cancelled", {"type": "cancelled", "reason": "client_cancelled"}),
         },
-        p.ResponseDone("response.done", "resp_1", "cancelled", "client_cancelled"),
+        p.ResponseDone("response.done", "resp_1", "cancelled", "client_cancelled", PARSED_USAGE),
     ),
     (
         "response.done-incomplete",
@@ -486,7 +492,7 @@ PARSED: list[tuple[str, dict[str, Any], p.ServerEvent]] = [
                 "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
             ),
         },
-        p.ResponseDone("response.done", "resp_1", "incomplete", "max_output_tokens"),
+        p.ResponseDone("response.done", "resp_1", "incomplete", "max_output_tokens", PARSED_USAGE),
     ),
     (
         "response.done-failed",
@@ -510,6 +516,7 @@ PARSED: list[tuple[str, dict[str, Any], p.ServerEvent]] = [
             "resp_1",
             "failed",
             "The server had an error while processing your request.",
+            PARSED_USAGE,
         ),
     ),
     (

@@ -9,6 +9,7 @@ import pytest
 from voiced.devices.null import NullMicrophone, NullSpeaker
 from voiced.events import (
     ConnectionChanged,
+    DaemonState,
     DeviceChanged,
     Event,
     StateChanged,
@@ -201,3 +202,40 @@ def test_snapshot_reads_devices_link_and_sinks_when_taken() -> None:
     assert out["sinks"] == {"stdout": {"dropped": 0}, "file": {"dropped": 3}}
     link["connects"] = 3  # a copy: later changes show in the next snapshot only
     assert out["connection"]["connects"] == 2
+
+
+# --------------------------------------------------------------------------- what is shown
+
+
+def test_what_the_daemon_shows_follows_connection_devices_turns_and_failures() -> None:
+    status = Status("ws://x", "m")
+    assert status.shown == DaemonState("offline", "connecting")
+    seen = []
+    for event in [
+        ConnectionChanged(True),  # connected, not ready yet: still offline
+        ConnectionChanged(True, ready=True),
+        StateChanged(State.IDLE, State.LISTENING, 1),
+        StateChanged(State.LISTENING, State.THINKING, 1),
+        TurnEnded(1, Outcome.FAILED, {}, "server error"),
+        StateChanged(State.THINKING, State.IDLE, 1),
+        StateChanged(State.IDLE, State.LISTENING, 2),  # a new press clears the error
+        DeviceChanged("microphone", "usb", "unplugged"),
+        DeviceChanged("microphone", "usb", None),
+        ConnectionChanged(False, error="gone"),
+    ]:
+        if (shown := status.apply(event)) is not None:
+            seen.append((shown.state, shown.reason))
+    assert seen == [
+        ("idle", None),
+        ("listening", None),
+        ("thinking", None),
+        ("error", "turn 1 failed: server error"),
+        ("listening", None),
+        ("error", "microphone: unplugged"),
+        ("listening", None),
+        ("offline", "gone"),
+    ]
+    assert status.to_json(devices={}, link={}, dropped={})["shown"] == {
+        "state": "offline",
+        "reason": "gone",
+    }

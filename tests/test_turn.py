@@ -81,8 +81,9 @@ class Turn:
     """Drives a ``TurnController`` and checks every action list it returns (see module doc).
 
     It carries out what the session would: a ``Truncate`` becomes the ``Send`` of the truncate
-    at the speaker's position given; earcons, turn endings and readiness are collected in
-    ``chimes``, ``ended`` and ``readied`` (asserted where they matter) instead of being returned; every ``Changed`` must
+    at the speaker's position given; earcons, turn endings, readiness, verdicts and usage are
+    collected in ``chimes``, ``ended``, ``readied``, ``verdicts`` and ``spent`` (asserted where
+    they matter) instead of being returned; every ``Changed`` must
     carry the controller's turn number, and is returned without it.
     """
 
@@ -95,6 +96,8 @@ class Turn:
         self.chimes: list[str] = []
         self.ended: list[tuple[int, Outcome]] = []
         self.readied = 0  # Ready actions seen after the first
+        self.verdicts: list[a.Verdict] = []
+        self.spent: list[a.Spent] = []
         self.now = 0.0
 
     @property
@@ -115,6 +118,10 @@ class Turn:
                 self.ended.append((action.turn, action.outcome))
             elif isinstance(action, a.Ready):
                 self.readied += 1
+            elif isinstance(action, a.Verdict):
+                self.verdicts.append(action)
+            elif isinstance(action, a.Spent):
+                self.spent.append(action)
             elif isinstance(action, a.Changed):
                 assert action.turn == self.ctl.turns
                 out.append(Changed(action.old, action.new))
@@ -129,8 +136,12 @@ class Turn:
                     self.create_outstanding = True
         return out
 
-    def do(self, command: Command, played: Played | None = None) -> list[Action]:
-        return self._check(self.ctl.command(TurnCommand(command, "test"), self.now), played)
+    def do(
+        self, command: Command, played: Played | None = None, *, reply: bool = True
+    ) -> list[Action]:
+        actions = self.ctl.command(TurnCommand(command, "test", reply=reply), self.now)
+        assert isinstance(actions[0], a.Verdict), "every command gets its verdict first"
+        return self._check(actions, played)
 
     def start(self, played: Played | None = None) -> list[Action]:
         return self.do(Command.START, played)

@@ -335,3 +335,67 @@ def test_a_barge_in_before_anything_played_truncates_the_first_item_at_zero() ->
     t.event(delta("resp_1", "item_ans", 800))
     actions = t.start(None)
     assert Send(p.ConversationItemTruncate("item_pre", 0, event_id="truncate")) in actions
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize(
+    ("setup", "command", "verdict"),
+    [
+        ("idle", Command.START, ("accepted", "listening")),
+        ("idle", Command.TOGGLE, ("accepted", "listening")),
+        ("idle", Command.COMMIT, ("conflict", "nothing is being recorded (idle)")),
+        ("idle", Command.CANCEL, ("conflict", "nothing to cancel (idle)")),
+        ("listening", Command.START, ("conflict", "already listening")),
+        ("listening", Command.COMMIT, ("accepted", "sending what was heard")),
+        ("listening", Command.TOGGLE, ("accepted", "sending what was heard")),
+        ("listening", Command.CANCEL, ("accepted", "cancelled")),
+        ("speaking", Command.START, ("accepted", "listening")),
+        ("speaking", Command.COMMIT, ("conflict", "nothing is being recorded (speaking)")),
+        ("speaking", Command.CANCEL, ("accepted", "cancelled")),
+        (
+            "offline",
+            Command.START,
+            ("unavailable", "not connected to the realtime server (gone)"),
+        ),
+    ],
+)
+def test_every_command_gets_a_verdict_that_says_what_became_of_it(
+    setup: str, command: Command, verdict: tuple[str, str]
+):
+    t = Turn()
+    if setup == "listening":
+        t.start()
+        t.audio(300)
+    elif setup == "speaking":
+        t.speak()
+    elif setup == "offline":
+        t.connection_lost("gone")
+    t.verdicts.clear()
+    t.do(command, Played("item_1", 10))
+    assert [(v.kind, v.reason) for v in t.verdicts] == [verdict]
+
+
+def test_a_commit_without_reply_sends_the_audio_and_ends_the_turn() -> None:
+    t = Turn()
+    t.start()
+    t.audio(500)
+    assert t.do(Command.COMMIT, reply=False) == [
+        Send(p.InputAudioBufferCommit(event_id="commit_1")),
+        Changed(LISTENING, IDLE),
+    ]
+    assert not any(isinstance(e, p.ResponseCreate) for e in t.sent)
+    assert t.ended == [(1, Outcome.COMPLETED)]
+    assert t.chimes == ["listening", "commit"]
+    t.start()  # the next turn starts at once: nothing is in flight
+    t.audio(300)
+    assert t.commit()[1] == Send(p.ResponseCreate(event_id="response_2"))
+
+
+def test_every_response_s_usage_is_reported_for_its_turn_even_after_a_barge_in() -> None:
+    t = Turn().speak()
+    t.start(Played("item_1", 100))  # turn 1 is over; its response ends later
+    usage = p.Usage(input_text=10, input_audio=50, input_cached=4, output_text=7, output_audio=90)
+    t.event(p.ResponseDone("response.done", "resp_1", "cancelled", "client_cancelled", usage))
+    assert [(s.turn, s.usage) for s in t.spent] == [(1, usage)]

@@ -122,6 +122,28 @@ class Transcribed:
 
 
 @dataclass
+class Verdict:
+    """What becomes of a command, for the input that sent it (the first action of each).
+
+    Attributes:
+        kind: ``accepted`` (carried out), ``conflict`` (not in this state: a commit while
+            idle) or ``unavailable`` (not now: the session is not ready).
+        reason: why, in words for a person.
+    """
+
+    kind: Literal["accepted", "conflict", "unavailable"]
+    reason: str
+
+
+@dataclass
+class Spent:
+    """The reply of ``turn`` used these tokens (every response, cancelled ones too)."""
+
+    turn: int
+    usage: p.Usage
+
+
+@dataclass
 class Ready:
     """The session is configured: turns can start (news for the sinks and ``/status``)."""
 
@@ -142,6 +164,8 @@ Action = (
     | Chime
     | TurnOver
     | Transcribed
+    | Verdict
+    | Spent
     | Ready
     | Reconnect
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from voiced.protocol import Usage
 from voiced.turn import Outcome, State
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
@@ -58,12 +59,23 @@ class TurnEnded:
             audio received), ``first_play`` (first reply audio received → its first sample
             reached the speaker).
         reason: why it did not complete, when it did not.
+        usage: the tokens its reply used, when the server said so before the turn ended.
     """
 
     turn: int
     outcome: Outcome
     latencies: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class TokensUsed:
+    """A reply of ``turn`` used these tokens: every response, cancelled ones too (what the
+    kiosk costs)."""
+
+    turn: int
+    usage: Usage
 
 
 @dataclass
@@ -85,4 +97,27 @@ class DeviceChanged:
     error: str | None
 
 
-Event = Transcript | StateChanged | TurnEnded | ConnectionChanged | DeviceChanged
+DaemonStateName = Literal["idle", "listening", "thinking", "speaking", "error", "offline"]
+
+
+@dataclass
+class DaemonState:
+    """What the daemon shows a person (an LED, a display), changed.
+
+    ``offline``: not ready for a turn (``reason`` says why); ``error``: a device is failing, or
+    the last turn failed or was lost (until the next press); else the turn's state.
+    """
+
+    state: DaemonStateName
+    reason: str | None = None
+
+
+Event = (
+    Transcript
+    | StateChanged
+    | TurnEnded
+    | TokensUsed
+    | ConnectionChanged
+    | DeviceChanged
+    | DaemonState
+)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from voiced import protocol as p
 from voiced.audio import AudioFrame, EndOfReply
 from voiced.errors import TransportError
+from voiced.events import DeviceChanged
 from voiced.turn import TurnCommand
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
@@ -68,6 +69,7 @@ Inbound = (
     | EndOfReply
     | PlaybackStarted
     | RenewSession
+    | DeviceChanged
     | Shutdown
 )
 """Everything the session task reads, from every producer."""

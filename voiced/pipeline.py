@@ -10,11 +10,12 @@ transport sends what is queued and closes; playback plays what is queued, within
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -33,6 +34,8 @@ from voiced.stages.playback import Player
 from voiced.stages.transport import Endpoint, LinkStats, Renew, run_transport
 from voiced.status import Status
 from voiced.turn import TurnCommand, TurnController
+
+log = logging.getLogger("voiced.pipeline")
 
 INBOUND_BUFFER = 256
 """Session inbound: ~5 s of 20 ms frames. Full: capture drops frames (counted), commands and
@@ -129,12 +132,10 @@ async def open_pipeline(
     broadcast = Broadcast()
     status = Status(endpoint.url, endpoint.model)
     stats = LinkStats()
-    # Device failures and recoveries are events every sink can receive.
+    # Device failures and recoveries reach the session as messages, and every sink as events.
     if microphone is not None:
-        microphone.watch(
-            lambda name, error: broadcast.publish(DeviceChanged("microphone", name, error))
-        )
-    speaker.watch(lambda name, error: broadcast.publish(DeviceChanged("speaker", name, error)))
+        microphone.watch(_telling(inbound_send, "microphone"))
+    speaker.watch(_telling(inbound_send, "speaker"))
     player = Player(speaker)
     session = Session(
         controller=controller or TurnController(),
@@ -171,3 +172,19 @@ async def open_pipeline(
             await inbound_send.send(Shutdown())
         core.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
     broadcast.close()
+
+
+def _telling(
+    inbound: trio.MemorySendChannel[Inbound], device: Literal["microphone", "speaker"]
+) -> Callable[[str, str | None], None]:
+    """A device's ``watch`` callback that tells the session (never waiting: a device task)."""
+
+    def changed(name: str, error: str | None) -> None:
+        try:
+            inbound.send_nowait(DeviceChanged(device, name, error))
+        except trio.WouldBlock:
+            log.warning("%s %s: %s (the session is behind; not shown)", device, name, error)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # shutting down
+
+    return changed

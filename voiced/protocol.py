@@ -224,6 +224,26 @@ class ConversationItemTruncated(ServerEvent):
 
 
 @dataclass
+class Usage:
+    """The tokens a response used (``response.done``'s ``usage``), for cost accounting."""
+
+    input_text: int = 0
+    input_audio: int = 0
+    input_cached: int = 0
+    """Of the input tokens, those served from the cache (cheaper)."""
+    output_text: int = 0
+    output_audio: int = 0
+
+    @property
+    def input(self) -> int:
+        return self.input_text + self.input_audio
+
+    @property
+    def output(self) -> int:
+        return self.output_text + self.output_audio
+
+
+@dataclass
 class ResponseDone(ServerEvent):
     response_id: str | None
     """None when the server leaves it out: then it is the response in flight."""
@@ -231,6 +251,8 @@ class ResponseDone(ServerEvent):
     """``completed``, ``cancelled``, ``failed`` or ``incomplete``; None when left out."""
     reason: str | None
     """``status_details.reason``, or the error message of a failed response."""
+    usage: Usage | None = None
+    """The tokens it used, when the server said."""
 
 
 @dataclass
@@ -320,7 +342,27 @@ def _response_done(t: str, d: Json) -> ServerEvent:
     reason = details.get("reason") if isinstance(details, dict) else None
     if reason is None and isinstance(details, dict) and isinstance(details.get("error"), dict):
         reason = details["error"].get("message")
-    return ResponseDone(t, _opt_str(response, "id"), _opt_str(response, "status"), reason)
+    rid, status = _opt_str(response, "id"), _opt_str(response, "status")
+    return ResponseDone(t, rid, status, reason, _usage(response.get("usage")))
+
+
+def _usage(data: object) -> Usage | None:
+    """``usage`` as far as it is there; a malformed one is no usage, never an error."""
+    if not isinstance(data, dict):
+        return None
+
+    def count(part: object, key: str) -> int:
+        value = part.get(key) if isinstance(part, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    given, made = data.get("input_token_details"), data.get("output_token_details")
+    return Usage(
+        input_text=count(given, "text_tokens"),
+        input_audio=count(given, "audio_tokens"),
+        input_cached=count(given, "cached_tokens"),
+        output_text=count(made, "text_tokens"),
+        output_audio=count(made, "audio_tokens"),
+    )
 
 
 def _error(t: str, d: Json) -> ServerEvent:

@@ -21,7 +21,15 @@ from voiced import actions as a
 from voiced import protocol as p
 from voiced.audio import AudioFrame, Earcon, EndOfReply, ms_of
 from voiced.broadcast import Broadcast
-from voiced.events import ConnectionChanged, Event, StateChanged, Transcript, TurnEnded
+from voiced.events import (
+    ConnectionChanged,
+    DeviceChanged,
+    Event,
+    StateChanged,
+    TokensUsed,
+    Transcript,
+    TurnEnded,
+)
 from voiced.messages import (
     CommitSent,
     Connected,
@@ -109,7 +117,12 @@ class Session:
             await self._apply(self.controller.server_event(msg))
         elif isinstance(msg, TurnCommand):
             self._press = msg.at if msg.at is not None else trio.current_time()
-            await self._apply(self.controller.command(msg, self._press))
+            actions = self.controller.command(msg, self._press)
+            if msg.on_verdict is not None:
+                verdict = actions[0]
+                assert isinstance(verdict, a.Verdict)
+                msg.on_verdict(verdict)
+            await self._apply(actions)
         elif isinstance(msg, EndOfReply):
             await self._apply(self.controller.playback_done(msg.turn))
         elif isinstance(msg, PlaybackStarted):
@@ -124,14 +137,18 @@ class Session:
             await self._apply(self.controller.connection_lost(why or "renewing the session"))
         elif isinstance(msg, RenewSession):
             await self._apply(self.controller.renew())
+        elif isinstance(msg, DeviceChanged):
+            self._publish(msg)
 
     async def _send_audio(self, frame: AudioFrame) -> None:
         await self._encode.send(frame)
         self.controller.audio_sent(len(frame.pcm))
 
     def _publish(self, event: Event) -> None:
-        self._status.apply(event)
+        shown = self._status.apply(event)
         self._broadcast.publish(event)
+        if shown is not None:
+            self._broadcast.publish(shown)
 
     async def _apply(self, actions: list[a.Action]) -> None:
         for action in actions:
@@ -159,6 +176,9 @@ class Session:
             elif isinstance(action, a.Notice):
                 turn = self.controller.turns
                 getattr(log, action.level)("%s%s", f"turn {turn}: " if turn else "", action.message)
+            elif isinstance(action, a.Spent):
+                self._meter.spent(action.turn, action.usage)
+                self._publish(TokensUsed(action.turn, action.usage))
             elif isinstance(action, a.Ready):
                 self._publish(ConnectionChanged(True, ready=True))
                 self.ready.set()
@@ -182,8 +202,12 @@ class Session:
             await self._decode.send(Earcon(name, pcm))
 
     def _turn_over(self, over: a.TurnOver) -> None:
-        ended = TurnEnded(over.turn, over.outcome, self._meter.latencies(), over.reason)
+        meter = self._meter
+        ended = TurnEnded(over.turn, over.outcome, meter.latencies(), over.reason, meter.usage)
         figures = ", ".join(f"{k} {v:g} ms" for k, v in ended.latencies.items())
+        if meter.usage is not None:
+            used = meter.usage
+            figures += f"{', ' if figures else ''}tokens in {used.input} out {used.output}"
         why = f" ({over.reason})" if over.reason else ""
         log.info("turn %d %s%s%s", over.turn, over.outcome, why, f": {figures}" if figures else "")
         self._publish(ended)

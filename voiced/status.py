@@ -14,8 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from voiced.events import ConnectionChanged, Event, StateChanged, TurnEnded
-from voiced.turn import State
+from voiced.events import (
+    ConnectionChanged,
+    DaemonState,
+    DaemonStateName,
+    DeviceChanged,
+    Event,
+    StateChanged,
+    TurnEnded,
+)
+from voiced.protocol import Usage
+from voiced.turn import Outcome, State
 
 
 class TurnMeter:
@@ -24,10 +33,17 @@ class TurnMeter:
     def __init__(self) -> None:
         self._turn = 0
         self._marks: dict[str, float] = {}
+        self.usage: Usage | None = None
+        """The tokens the current turn's reply used, once the server said."""
 
     def started(self, turn: int) -> None:
         """A new turn began: forget the last one's moments."""
-        self._turn, self._marks = turn, {}
+        self._turn, self._marks, self.usage = turn, {}, None
+
+    def spent(self, turn: int, usage: Usage) -> None:
+        """The reply of ``turn`` used ``usage``."""
+        if turn == self._turn:
+            self.usage = usage
 
     def mark(self, name: str, at: float, turn: int | None = None) -> None:
         """The first time ``name`` happened in this turn (``pressed``, ``commit_sent``,
@@ -51,6 +67,14 @@ class TurnMeter:
         return out
 
 
+SHOWN: dict[State, DaemonStateName] = {
+    State.IDLE: "idle",
+    State.LISTENING: "listening",
+    State.THINKING: "thinking",
+    State.SPEAKING: "speaking",
+}
+
+
 @dataclass
 class Status:
     """What the daemon is doing, from the events it published."""
@@ -66,9 +90,37 @@ class Status:
     last_turn: TurnEnded | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     """How many turns ended each way (``completed``, ``too_short``...)."""
+    device_errors: dict[str, str] = field(default_factory=dict)
+    """Why each failing device fails, by ``microphone`` / ``speaker``."""
+    shown: DaemonState = field(init=False)
+    """What the daemon shows a person now."""
 
-    def apply(self, event: Event) -> None:
-        """Take in one published event."""
+    def __post_init__(self) -> None:
+        self.shown = self._shown()
+
+    def apply(self, event: Event) -> DaemonState | None:
+        """Take in one published event; the new ``DaemonState`` when what is shown changed."""
+        self._take(event)
+        shown = self._shown()
+        if shown == self.shown:
+            return None
+        self.shown = shown
+        return shown
+
+    def _shown(self) -> DaemonState:
+        if not self.ready:
+            return DaemonState("offline", self.last_error or "connecting")
+        if self.device_errors:
+            device, error = next(iter(self.device_errors.items()))
+            return DaemonState("error", f"{device}: {error}")
+        if self.state is not State.IDLE:
+            return DaemonState(SHOWN[self.state])
+        last = self.last_turn
+        if last is not None and last.outcome in (Outcome.FAILED, Outcome.LOST):
+            return DaemonState("error", f"turn {last.turn} {last.outcome}: {last.reason}")
+        return DaemonState("idle")
+
+    def _take(self, event: Event) -> None:
         if isinstance(event, StateChanged):
             self.state = event.new
             self.turns = max(self.turns, event.turn)
@@ -81,6 +133,11 @@ class Status:
                 self.last_error = None
             elif event.error is not None:
                 self.last_error = event.error
+        elif isinstance(event, DeviceChanged):
+            if event.error is None:
+                self.device_errors.pop(event.device, None)
+            else:
+                self.device_errors[event.device] = event.error
 
     def to_json(
         self,
@@ -99,6 +156,7 @@ class Status:
         last = self.last_turn
         return {
             "state": str(self.state),
+            "shown": {"state": self.shown.state, "reason": self.shown.reason},
             "turns": self.turns,
             "connected": self.connected,
             "ready": self.ready,

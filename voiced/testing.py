@@ -93,6 +93,16 @@ class FakeDaemon:
         self.volume: float | None = None
         self._sink_buffer = sink_buffer
         self._broadcast = Broadcast()
+        values = self.status_values
+        self._status = Status(  # the daemon's own status logic, from where the test starts it
+            url="fake",
+            model="fake",
+            state=State(values.get("state", State.IDLE)),
+            turns=values.get("turns", 0),
+            connected=values.get("connected", False),
+            ready=values.get("ready", False),
+            last_error=values.get("last_error"),
+        )
         self._received: list[TurnCommand] = []
         self._returned = 0  # commands next_command has handed out
 
@@ -212,22 +222,14 @@ class FakeDaemon:
                 return
 
     def _track(self, event: Event) -> None:
-        """Change ``status_values`` as ``voiced.status.Status`` takes in ``event``."""
-        values = self.status_values
-        status = Status(
-            url="",
-            model="",
-            state=State(values.get("state", State.IDLE)),
-            turns=values.get("turns", 0),
-            connected=values.get("connected", False),
-            ready=values.get("ready", False),
-            last_error=values.get("last_error"),
-            outcomes=dict(values.get("outcomes", {})),
-        )
-        before = status.to_json(devices={}, link={}, dropped={})
-        status.apply(event)
-        after = status.to_json(devices={}, link={}, dropped={})
-        values.update({key: value for key, value in after.items() if value != before[key]})
+        """Change ``status_values`` where ``voiced.status.Status``, taking in ``event``,
+        changes; publish what the daemon shows, when that changes (``DaemonState``)."""
+        before = self._status.to_json(devices={}, link={}, dropped={})
+        shown = self._status.apply(event)
+        after = self._status.to_json(devices={}, link={}, dropped={})
+        self.status_values.update({k: v for k, v in after.items() if v != before[k]})
+        if shown is not None:
+            self._broadcast.publish(shown)
 
 
 async def _run(

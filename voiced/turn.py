@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from voiced import protocol as p
@@ -40,10 +41,12 @@ from voiced.actions import (
     Ready,
     Reconnect,
     Send,
+    Spent,
     StopPlayback,
     Transcribed,
     Truncate,
     TurnOver,
+    Verdict,
 )
 from voiced.audio import BYTES_PER_MS, MIN_COMMIT_MS
 
@@ -87,12 +90,22 @@ class Outcome(enum.StrEnum):
 
 @dataclass
 class TurnCommand:
-    """What an input asks for. ``source`` names the input, for logs; ``at`` is the trio time
-    the daemon received it (set on the way in), from which latencies are measured."""
+    """What an input asks for.
+
+    Attributes:
+        command: start, commit, cancel or toggle.
+        source: the input's name, for logs.
+        at: the trio time the daemon received it (set on the way in); latencies count from it.
+        reply: a commit asks for a spoken answer; false only sends what was heard.
+        on_verdict: called with what became of it (accepted, conflict, unavailable), so an
+            input can answer honestly (an HTTP status); it must not block.
+    """
 
     command: Command
     source: str = ""
     at: float | None = None
+    reply: bool = True
+    on_verdict: Callable[[Verdict], None] | None = field(default=None, compare=False, repr=False)
 
 
 class TurnController:
@@ -144,15 +157,31 @@ class TurnController:
     # ------------------------------------------------------------------ inputs
 
     def command(self, cmd: TurnCommand, now: float) -> list[Action]:
-        """Handle an input's command, received at trio time ``now``."""
+        """Handle an input's command, received at trio time ``now``. The first action is always
+        its ``Verdict``."""
         kind = cmd.command
         if kind is Command.TOGGLE:
             kind = Command.COMMIT if self.state is State.LISTENING else Command.START
         if kind is Command.START:
-            return self._start(cmd, now)
+            if self.state is State.LISTENING:
+                return [Verdict("conflict", "already listening")]
+            if not self.ready:
+                said = f"{cmd.command} refused: {self._offline}"
+                return [
+                    Verdict("unavailable", self._offline),
+                    Notice("warning", said),
+                    Chime("error"),
+                ]
+            return [Verdict("accepted", "listening"), *self._start(cmd, now)]
         if kind is Command.COMMIT:
-            return self._commit()
-        return self._cancel(Outcome.CANCELLED, f"cancelled by {cmd.source or 'an input'}")
+            if self.state is not State.LISTENING:
+                said = f"nothing is being recorded ({self.state})"
+                return [Verdict("conflict", said), Notice("info", f"commit ignored: {said}")]
+            return [Verdict("accepted", "sending what was heard"), *self._commit(cmd.reply)]
+        if self.state is State.IDLE:
+            return [Verdict("conflict", "nothing to cancel (idle)")]
+        cancelled = self._cancel(Outcome.CANCELLED, f"cancelled by {cmd.source or 'an input'}")
+        return [Verdict("accepted", "cancelled"), *cancelled]
 
     def tick(self, now: float) -> list[Action]:
         """The time is ``now``: end listening that reached its deadline (a stuck button)."""
@@ -254,10 +283,6 @@ class TurnController:
         return actions
 
     def _start(self, cmd: TurnCommand, now: float) -> list[Action]:
-        if self.state is State.LISTENING:
-            return []
-        if not self.ready:
-            return [Notice("warning", f"{cmd.command} refused: {self._offline}"), Chime("error")]
         actions: list[Action] = []
         if self.state is not State.IDLE:
             actions = self._interrupt()
@@ -268,9 +293,7 @@ class TurnController:
         self.deadline = now + self._max_turn_s
         return [*actions, *self._to(State.LISTENING), Chime("listening")]
 
-    def _commit(self) -> list[Action]:
-        if self.state is not State.LISTENING:
-            return [Notice("info", f"commit ignored: nothing is being recorded ({self.state})")]
+    def _commit(self, reply: bool = True) -> list[Action]:
         ms = self._buffered / BYTES_PER_MS
         if ms < MIN_COMMIT_MS:
             said = f"too short: {int(ms)} ms < {MIN_COMMIT_MS} ms, discarded"
@@ -283,6 +306,8 @@ class TurnController:
             ]
         self._commit_id = f"commit_{self.turns}"
         actions: list[Action] = [Send(p.InputAudioBufferCommit(event_id=self._commit_id))]
+        if not reply:  # dictation: what was heard is sent, and that is the whole turn
+            return [*actions, Chime("commit"), *self._end()]
         if self._in_flight:
             self._create_pending = True
         else:
@@ -301,8 +326,6 @@ class TurnController:
         return Send(p.ResponseCreate(event_id=self._create_id))
 
     def _cancel(self, outcome: Outcome, why: str) -> list[Action]:
-        if self.state is State.IDLE:
-            return []
         self._outcome, self._reason = outcome, why
         if self.state is State.LISTENING:
             send = Send(p.InputAudioBufferClear(event_id=f"clear_{self.turns}"))
@@ -368,6 +391,8 @@ class TurnController:
             self._name_response(rid)
         self._in_flight = False
         actions: list[Action] = []
+        if event.usage is not None:
+            actions.append(Spent(self._response_turn, event.usage))
         cancelled = self._cancel_unnamed or (rid or self._response_id) in self._cancelled
         self._cancelled.discard(rid or "")
         status = event.status or ("cancelled" if cancelled else "completed")
