@@ -211,7 +211,7 @@ def test_what_the_daemon_shows_follows_connection_devices_turns_and_failures() -
     status = Status("ws://x", "m")
     assert status.shown == DaemonState("offline", "connecting")
     seen = []
-    for event in [
+    events: list[Event] = [
         ConnectionChanged(True),  # connected, not ready yet: still offline
         ConnectionChanged(True, ready=True),
         StateChanged(State.IDLE, State.LISTENING, 1),
@@ -222,7 +222,8 @@ def test_what_the_daemon_shows_follows_connection_devices_turns_and_failures() -
         DeviceChanged("microphone", "usb", "unplugged"),
         DeviceChanged("microphone", "usb", None),
         ConnectionChanged(False, error="gone"),
-    ]:
+    ]
+    for event in events:
         if (shown := status.apply(event)) is not None:
             seen.append((shown.state, shown.reason))
     assert seen == [
