@@ -217,7 +217,7 @@ async def run_daemon(
             await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, saved)
             async with trio.open_nursery() as inputs:
                 await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe, saved)
-                log.info("ready: %s", ", ".join(s.spec.name for s in plugins) or "no plugins")
+                log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
                 task_status.started(pipe)
                 await shutdown_trigger()
                 inputs.cancel_scope.cancel()

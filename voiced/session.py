@@ -180,6 +180,7 @@ class Session:
                 self._meter.spent(action.turn, action.usage)
                 self._publish(TokensUsed(action.turn, action.usage))
             elif isinstance(action, a.Ready):
+                log.info("ready: the session is up, a press starts a turn")
                 self._publish(ConnectionChanged(True, ready=True))
                 self.ready.set()
             elif isinstance(action, a.Reconnect):
