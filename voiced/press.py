@@ -43,6 +43,8 @@ class PressConfig:
             raise FieldError("must be between 0.2 and 30 seconds, or null", field="long_press_s")
         if not 0.0 <= self.debounce_s <= 1.0:
             raise FieldError("must be between 0 and 1 second", field="debounce_s")
+        if self.long_press_s is not None and self.debounce_s >= self.long_press_s:
+            raise FieldError("must be shorter than long_press_s", field="debounce_s")
 
 
 class Presses:
@@ -100,7 +102,7 @@ class Presses:
     def _settle(self, now: float) -> list[TurnCommand]:
         if self._level == self._down:
             return []  # bounced back: nothing changed
-        if now - self._last < self._config.debounce_s:
+        if now < self._last + self._config.debounce_s:  # (a subtraction could round below)
             self._settle_at = self._last + self._config.debounce_s
             return []
         self._down, self._last = self._level, now
