@@ -215,3 +215,14 @@ def test_drops_of_one_subscriber_s_several_subscriptions_add_up() -> None:
         broadcast.publish(StateChanged(State.IDLE, State.LISTENING, 1))
     assert (first.dropped, second.dropped) == (3, 2)
     assert broadcast.dropped() == {"plugin": 5}
+
+
+def test_a_closed_subscription_is_forgotten() -> None:
+    """A reader that went away (an SSE client) leaves nothing behind."""
+    broadcast = Broadcast()
+    kept = broadcast.subscribe("kept")
+    gone = broadcast.subscribe("gone")
+    gone.close()
+    broadcast.publish(StateChanged(State.IDLE, State.LISTENING, 1))
+    assert broadcast.dropped() == {"kept": 0}
+    assert kept.dropped == 0

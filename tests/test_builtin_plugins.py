@@ -2,8 +2,8 @@
 tests would be; and the fake itself.
 
 Real parts: the fake's command channel and broadcast are the daemon's own kinds, the file sink
-writes a real file, the HTTP input is real hypercorn on a loopback port spoken to by httpx, and
-the terminal is a pseudo-terminal.
+writes a real file, and the terminal is a pseudo-terminal. The HTTP input has its own tests
+(``tests/test_http.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -34,7 +33,6 @@ from voiced.status import Status
 from voiced.testing import FakeDaemon, default_status
 from voiced.turn import Command, Outcome, State, TurnCommand
 from voiced_plugins.file import FileConfig, FileSink
-from voiced_plugins.http import HttpConfig, HttpInput
 from voiced_plugins.stdout import StdoutConfig, StdoutSink
 from voiced_plugins.terminal import PROMPTS, TerminalConfig, TerminalInput
 
@@ -138,113 +136,6 @@ async def test_terminal_prompt_follows_the_state(
     assert caplog.messages == [PROMPTS[State.IDLE], *(PROMPTS[s] for s in steps)]
     (subscription,) = fake.subscriptions
     assert subscription.kinds == (StateChanged,)
-
-
-# ---------------------------------------------------------------------- http
-
-
-async def test_http_commands() -> None:
-    fake = FakeDaemon()
-    plugin = HttpInput(HttpConfig(host="127.0.0.1", port=0))
-    with trio.fail_after(10):
-        async with (
-            fake.running(plugin, input=True),
-            httpx.AsyncClient(base_url=plugin.bound[0]) as client,
-        ):
-            for i, command in enumerate(Command):
-                fake.status_values["state"] = ["idle", "listening", "thinking", "speaking"][i]
-                response = await client.post(f"/{command}")
-                assert (response.status_code, response.json()) == (
-                    202,
-                    {"accepted": str(command), "state": fake.status_values["state"]},
-                )
-                assert response.headers["content-type"] == "application/json"
-                assert await fake.next_command() == TurnCommand(command, "http")
-            # A command is sent on POST only.
-            for path in ("/start", "/commit", "/cancel", "/toggle"):
-                response = await client.get(path)
-                assert (response.status_code, response.json()) == (
-                    405,
-                    {"error": f"use POST {path}"},
-                )
-            assert len(fake.commands_received) == len(Command)
-
-
-async def test_http_status_and_health() -> None:
-    fake = FakeDaemon()
-    plugin = HttpInput(HttpConfig(host="127.0.0.1", port=0))
-    with trio.fail_after(10):
-        async with (
-            fake.running(plugin, input=True),
-            httpx.AsyncClient(base_url=plugin.bound[0]) as client,
-        ):
-            fake.status_values.update(turns=7, outcomes={"completed": 6, "too_short": 1})
-            response = await client.get("/status")
-            assert (response.status_code, response.json()) == (200, fake.status())
-            assert response.json()["turns"] == 7
-
-            response = await client.get("/healthz")
-            assert (response.status_code, response.json()) == (200, {"ok": True, "error": None})
-            fake.publish(ConnectionChanged(False, error="connection refused"))
-            response = await client.get("/healthz")
-            assert (response.status_code, response.json()) == (
-                503,
-                {"ok": False, "error": "connection refused"},
-            )
-            fake.status_values.update(connected=True, last_error=None)
-            assert (await client.get("/healthz")).status_code == 200
-
-            for path in ("/status", "/healthz"):
-                response = await client.post(path)
-                assert (response.status_code, response.json()) == (
-                    405,
-                    {"error": f"use GET {path}"},
-                )
-            response = await client.get("/nope")
-            assert (response.status_code, response.json()) == (
-                404,
-                {"error": "no such endpoint: /nope"},
-            )
-            assert (await client.post("/")).status_code == 404
-    assert fake.commands_received == []
-
-
-async def test_http_volume() -> None:
-    fake = FakeDaemon()
-    plugin = HttpInput(HttpConfig(host="127.0.0.1", port=0))
-    with trio.fail_after(10):
-        async with (
-            fake.running(plugin, input=True),
-            httpx.AsyncClient(base_url=plugin.bound[0]) as client,
-        ):
-            response = await client.post("/volume", json={"volume": 0.4})
-            assert (response.status_code, response.json()) == (200, {"volume": 0.4})
-            assert fake.volume == 0.4
-            response = await client.post("/volume", json={"volume": 1})
-            assert (response.status_code, response.text) == (200, '{"volume": 1.0}\n')
-            assert fake.volume == 1.0
-            assert isinstance(fake.volume, float)
-            fake.volume = None
-            for body in (
-                b"",
-                b"not json",
-                b"[0.4]",
-                b"{}",
-                b'{"volume": "0.4"}',
-                b'{"volume": true}',
-                b'{"volume": null}',
-                b'{"volume": 1.5}',
-                b'{"volume": -0.1}',
-            ):
-                response = await client.post("/volume", content=body)
-                assert (response.status_code, response.json()) == (
-                    400,
-                    {"error": 'send {"volume": 0.0-1.0}'},
-                ), body
-            assert fake.volume is None
-            response = await client.get("/volume")
-            assert response.status_code == 405
-            assert fake.volume is None
 
 
 # ---------------------------------------------------------------------- the fake itself

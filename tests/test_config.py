@@ -416,7 +416,12 @@ def test_shipped_config_loads_without_a_key(monkeypatch: pytest.MonkeyPatch) -> 
     }
     http = plugin_settings(shipped.plugins["http"]).value
     assert isinstance(http, dict)
-    assert {key: node.value for key, node in http.items()} == {"host": "127.0.0.1", "port": 8787}
+    assert {key: node.value for key, node in http.items()} == {
+        "host": "127.0.0.1",
+        "port": 8787,
+        "rate_limit": 20,
+        "burst": 40,
+    }
 
 
 def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -332,9 +332,9 @@ async def test_start_refused_while_the_server_is_unreachable(
                 pass
             assert (changed.error or "").startswith("cannot reach")
             response = await http.post("/start")
-            assert (response.status_code, response.json()) == (
-                202,
-                {"accepted": "start", "state": "idle"},
+            assert response.status_code == 503
+            assert response.json()["error"].startswith(
+                "not connected to the realtime server (cannot reach"
             )
             await trio.testing.wait_all_tasks_blocked()  # the session has handled it
             status = await check_status(http, None, {})

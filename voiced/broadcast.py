@@ -41,12 +41,13 @@ class Subscription(trio.abc.ReceiveChannel[Event]):
         self._size = size
         self._queue: deque[Event] = deque()
         self._ended = False  # the daemon is done: what is queued is the last
-        self._closed = False  # the subscriber closed it
+        self.closed = False
+        """The subscriber closed it: it gets nothing more."""
         self._lot = trio.lowlevel.ParkingLot()
 
     def offer(self, event: Event) -> None:
         """Queue ``event`` if it is wanted and fits (or must be kept); never waits."""
-        if self._closed or self._ended or (self.kinds and not isinstance(event, self.kinds)):
+        if self.closed or self._ended or (self.kinds and not isinstance(event, self.kinds)):
             return
         if len(self._queue) >= self._size and not (self.durable and isinstance(event, Transcript)):
             self.dropped += 1
@@ -64,7 +65,7 @@ class Subscription(trio.abc.ReceiveChannel[Event]):
     async def receive(self) -> Event:
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
-            if self._closed:
+            if self.closed:
                 raise trio.ClosedResourceError
             if self._ended:
                 raise trio.EndOfChannel
@@ -75,7 +76,7 @@ class Subscription(trio.abc.ReceiveChannel[Event]):
         return event
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self._queue.clear()
         self._lot.unpark_all()
 
@@ -112,6 +113,8 @@ class Broadcast:
     def publish(self, event: Event) -> None:
         for subscription in self._subscriptions:
             subscription.offer(event)
+        if any(s.closed for s in self._subscriptions):  # its reader went away (an SSE client)
+            self._subscriptions = [s for s in self._subscriptions if not s.closed]
 
     def dropped(self) -> dict[str, int]:
         """Events dropped per subscriber name (a plugin's subscriptions added up)."""
