@@ -50,11 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
-import math
-import re
-import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
@@ -68,68 +64,21 @@ from voiced.events import DaemonState
 from voiced.press import PressConfig, Presses
 from voiced.yamlconf import FieldError
 
+# `X as X` re-exports a name from the module that now holds it, read here as before the split.
+from ._gpio_lights import PATTERNS as PATTERNS
+from ._gpio_lights import Lights, follow, shown_now
+from ._gpio_lights import Step as Step
+from ._gpio_pins import FACTORIES as FACTORIES
+from ._gpio_pins import MAX_BCM as MAX_BCM
+from ._gpio_pins import Pin, check_pin, gpiozero_pin, open_pin_factory, same_pin, shown_pin
+
 log = logging.getLogger("voiced.gpio")
 
-Pin = int | str
 PinFactoryName = Literal["lgpio", "rpigpio", "pigpio", "native", "mock"]
 
 INSTALL_HINT = "pip install 'voiced[gpio]'"
 BRIDGE_BUFFER = 64
 """Button transitions queued between gpiozero's callback and the task that reads them."""
-Step = tuple[bool, float]
-PATTERNS: dict[str, tuple[Step, ...]] = {
-    "idle": ((False, math.inf),),
-    "listening": ((True, math.inf),),
-    "thinking": ((True, 0.5), (False, 0.5)),
-    "speaking": ((True, 0.15), (False, 0.15)),
-    "error": ((True, 0.1), (False, 0.1), (True, 0.1), (False, 0.1), (True, 0.1), (False, 1.0)),
-    "offline": ((True, 0.1), (False, 0.2), (True, 0.1), (False, 1.6)),
-}
-"""What the single LED does in each state: (lit, seconds) steps, repeated."""
-
-FACTORIES: dict[str, tuple[str, str, str]] = {
-    "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory", "pip install lgpio, or apt python3-lgpio"),
-    "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory", "pip install RPi.GPIO"),
-    "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory", "pip install pigpio, and run pigpiod"),
-    "native": ("gpiozero.pins.native", "NativeFactory", ""),
-}  # fmt: skip
-"""Each ``pin_factory``: gpiozero's module and class, and how to install what it needs."""
-
-_PIN_NAME = re.compile(r"(?:GPIO|BCM|BOARD|WPI)\d{1,2}|[A-Z][A-Z0-9]*:\d{1,3}")
-_BCM_NAME = re.compile(r"(?:GPIO|BCM)?(\d{1,2})")
-MAX_BCM = 53
-
-
-def check_pin(pin: Pin, name: str) -> None:
-    """Raise a ``FieldError`` for ``name`` unless ``pin`` is shaped like a gpiozero pin."""
-    if isinstance(pin, int):
-        if not 0 <= pin <= MAX_BCM:
-            raise FieldError(f"a GPIO (BCM) number is 0 to {MAX_BCM}, got {pin}", field=name)
-    elif not (pin.isdigit() or _PIN_NAME.fullmatch(pin.upper())):
-        raise FieldError(
-            f"not a pin: {pin!r}; write a BCM GPIO number (17) or a name (GPIO17, BOARD11, J8:11)",
-            field=name,
-        )
-    elif pin.isdigit():
-        check_pin(int(pin), name)
-
-
-def gpiozero_pin(pin: Pin) -> int | str:
-    """``pin`` as gpiozero spells it: BCM numbers as ints, names in capitals."""
-    if isinstance(pin, str) and pin.isdigit():
-        return int(pin)
-    return pin.upper() if isinstance(pin, str) else pin
-
-
-def _same_pin(pin: Pin) -> int | str:
-    """A key equal for two spellings of one BCM pin (17, "17", "GPIO17", "BCM17")."""
-    text = str(gpiozero_pin(pin))
-    match = _BCM_NAME.fullmatch(text)
-    return int(match[1]) if match else text
-
-
-def _shown(pin: Pin) -> str:
-    return f"GPIO{pin}" if isinstance(gpiozero_pin(pin), int) else str(pin)
 
 
 @dataclass(frozen=True)
@@ -217,7 +166,7 @@ class GpioConfig:
             raise ValueError("nothing to do: set button, led or leds")
         seen: dict[int | str, str] = {}
         for where, pin in self._pins():
-            first = seen.setdefault(_same_pin(pin), where)
+            first = seen.setdefault(same_pin(pin), where)
             if first != where:
                 raise FieldError(f"pin {pin} is already {first}", field=where.split(".")[0])
 
@@ -266,7 +215,7 @@ class GpioInput:
             events = daemon.subscribe(DaemonState) if lights is not None else None
             async with trio.open_nursery() as nursery:
                 if events is not None and lights is not None:
-                    nursery.start_soon(_follow, events, lights, _shown_now(daemon))
+                    nursery.start_soon(follow, events, lights, shown_now(daemon))
                 if button is not None and self.config.button is not None:
                     presses = Presses(self.config.button, "gpio")
                     nursery.start_soon(self._presses, daemon, receive, presses)
@@ -278,11 +227,11 @@ class GpioInput:
 
     # ------------------------------------------------------------------ opening
 
-    def _open(self, gpiozero: Any, devices: ExitStack) -> tuple[Any | None, _Lights | None]:
+    def _open(self, gpiozero: Any, devices: ExitStack) -> tuple[Any | None, Lights | None]:
         """Open what can be opened (each failure logged once); closed when ``devices`` is."""
         config = self.config
         try:
-            factory, owned = _pin_factory(gpiozero, config.pin_factory)
+            factory, owned = open_pin_factory(gpiozero, config.pin_factory)
         except Exception as exc:
             log.error(
                 "plugins.gpio.pin_factory: %s; GPIO is off, the daemon carries on without it", exc
@@ -320,7 +269,7 @@ class GpioInput:
                 device = self._device(devices, f"leds.{state}", pin, make)
                 if device is not None:
                     per_state[state] = device
-        lights = _Lights(led, per_state) if led is not None or per_state else None
+        lights = Lights(led, per_state) if led is not None or per_state else None
         return button, lights
 
     def _device(self, devices: ExitStack, key: str, pin: Pin, make: Callable[[], Any]) -> Any:
@@ -330,13 +279,13 @@ class GpioInput:
         except Exception as exc:
             log.error(
                 "plugins.gpio.%s: cannot open %s (%s: %s); the %s is off, the daemon carries on",
-                where, _shown(pin), type(exc).__name__, exc, key,
+                where, shown_pin(pin), type(exc).__name__, exc, key,
             )  # fmt: skip
             return None
         devices.callback(device.close)
         if key != "button":
             devices.callback(device.off)  # first: a closed pin is left as it was
-        self.opened.append(f"{key} on {_shown(pin)}")
+        self.opened.append(f"{key} on {shown_pin(pin)}")
         return device
 
     # ------------------------------------------------------------------ the button
@@ -388,101 +337,6 @@ class GpioInput:
             for command in commands:
                 log.debug("gpio: %s", command.command)
                 await daemon.commands.send(command)
-
-
-# ---------------------------------------------------------------------- the LEDs
-
-
-class _Lights:
-    """The single LED (patterns) and the per-state LEDs (steady)."""
-
-    def __init__(self, led: Any | None, per_state: dict[str, Any]) -> None:
-        self.led = led
-        self.per_state = per_state
-
-    async def play(self, state: str, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        """Show ``state`` until cancelled (through the scope given to ``task_status``)."""
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            for name, led in self.per_state.items():
-                led.value = name == state
-            if self.led is None:
-                return
-            pattern = PATTERNS.get(state, PATTERNS["idle"])
-            if len(pattern) == 1:
-                self.led.value = pattern[0][0]
-                return
-            for lit, seconds in itertools.cycle(pattern):
-                self.led.value = lit
-                await trio.sleep(seconds)
-
-    def off(self) -> None:
-        for led in [self.led, *self.per_state.values()]:
-            if led is not None:
-                led.off()
-
-
-async def _follow(events: trio.abc.ReceiveChannel[Any], lights: _Lights, state: str) -> None:
-    """Show each ``DaemonState`` as it comes, until the daemon ends the subscription."""
-    async with events, trio.open_nursery() as nursery:
-        showing: trio.CancelScope = await nursery.start(lights.play, state)
-        async for event in events:
-            if isinstance(event, DaemonState) and event.state != state:
-                state = event.state
-                log.debug("gpio: LEDs show %s", state)
-                showing.cancel()
-                showing = await nursery.start(lights.play, state)
-        showing.cancel()
-        lights.off()
-
-
-def _shown_now(daemon: Daemon) -> str:
-    """What the daemon shows now (``/status``'s ``shown``); offline if it does not say."""
-    shown = daemon.status().get("shown")
-    return str(shown.get("state", "offline")) if isinstance(shown, dict) else "offline"
-
-
-# ---------------------------------------------------------------------- pin factories
-
-
-def _pin_factory(gpiozero: Any, name: str | None) -> tuple[Any, bool]:
-    """The pin factory ``name`` stands for, and whether this plugin owns it (closes it).
-
-    ``mock`` is the process's ``Device.pin_factory`` when that already is a ``MockFactory`` (so
-    a test, or a script trying it out, drives the same pins), else a new one.
-
-    Raises:
-        Exception: whatever the factory's library raises; the message says what to install.
-    """
-    if name is None:
-        with warnings.catch_warnings(record=True) as fallbacks:
-            warnings.simplefilter("always")
-            try:
-                gpiozero.Device.ensure_pin_factory()
-            except Exception as exc:
-                tried = "; ".join(
-                    str(w.message).removeprefix("Falling back from ") for w in fallbacks
-                )
-                raise RuntimeError(
-                    f"no pin factory works here ({tried or exc}); on a Raspberry Pi 5 install "
-                    "lgpio (apt install python3-lgpio), or set pin_factory: mock to try without "
-                    "GPIO"
-                ) from exc
-        for warning in fallbacks:
-            log.warning("gpio: %s", warning.message)
-        return gpiozero.Device.pin_factory, False
-    if name == "mock":
-        from gpiozero.pins.mock import MockFactory
-
-        current = gpiozero.Device.pin_factory
-        return (current, False) if isinstance(current, MockFactory) else (MockFactory(), True)
-    module, cls, hint = FACTORIES[name]
-    try:
-        factory = getattr(__import__(module, fromlist=[cls]), cls)()
-    except Exception as exc:
-        install = f" ({hint})" if hint else ""
-        raise RuntimeError(f"cannot use {name}: {type(exc).__name__}: {exc}{install}") from exc
-    return factory, True
 
 
 @hookimpl

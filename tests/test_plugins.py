@@ -20,11 +20,14 @@ PLUGINS_DIR = Path(__file__).parent.parent / "plugins"
 
 
 def test_entry_points_cover_every_builtin_module() -> None:
-    modules = {p.stem for p in PLUGINS_DIR.glob("*.py") if p.stem != "__init__"}
+    # A module whose name starts with "_" is a plugin's private helper, not a plugin.
+    modules = {p.stem for p in PLUGINS_DIR.glob("*.py") if not p.stem.startswith("_")}
     points = {ep.name: ep.value for ep in metadata.entry_points(group="voiced")}
     assert {f"voiced_plugins.{m}" for m in modules} <= set(points.values())
     for name, value in points.items():
         if value.startswith("voiced_plugins."):
+            module = value.removeprefix("voiced_plugins.").partition(":")[0]
+            assert not module.startswith("_"), f"{name} = {value}: a private helper, not a plugin"
             assert value == f"voiced_plugins.{name}"  # entry-point name = module = config section
 
 
