@@ -51,10 +51,12 @@ async def daemon(
     preroll_ms: int | None = None,
     max_turn_s: float | None = None,
     on_max_turn: str | None = None,
+    plugins: str = "  stdout: {}\n",
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
-    """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http and
-    stdout plugins; yields the pipeline, an HTTP client for the control API and a subscription
-    to every event published from then on. The ``audio`` settings left None keep the defaults."""
+    """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http plugin
+    and ``plugins`` (YAML lines under ``plugins:``; default stdout); yields the pipeline, an HTTP
+    client for the control API and a subscription to every event published from then on. The
+    ``audio`` settings left None keep the defaults."""
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
     audio = "".join(
@@ -70,7 +72,7 @@ async def daemon(
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"
         f"  earcons: {str(earcons).lower()}\n{audio}"
-        f"plugins:\n  http: {{port: {port}}}\n  stdout: {{}}\n",
+        f"plugins:\n  http: {{port: {port}}}\n{plugins}",
     )
     stop = trio.Event()
     with ExitStack() as after:

@@ -14,8 +14,7 @@ import math
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
-from functools import partial
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,8 @@ import trio.testing
 from gpiozero import LED, Device, DigitalInputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from tests.conftest import SIM_KEY, RunningSim, config_file, free_port, write_wav
-from tests.test_daemon import MIC, elapse, next_state, real_time
-from voiced.app import run_daemon
+from tests.conftest import SIM_KEY, RunningSim, config_file
+from tests.test_daemon import daemon, elapse, next_state
 from voiced.config import load_config
 from voiced.errors import ConfigError, PluginError
 from voiced.events import DaemonState, Event, StateChanged, TurnEnded
@@ -484,36 +482,14 @@ def test_led_only_config(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- the real daemon
 
 
-@asynccontextmanager
-async def gpio_daemon(
+def gpio_daemon(
     tmp_path: Path, url: str, gpio: str, *, max_turn_s: float | None = None
-) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
+) -> AbstractAsyncContextManager[
+    tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]
+]:
     """``run_daemon`` as tests/test_daemon.py runs it (looped WAV microphone, paced WAV speaker,
     http), with ``plugins.gpio`` set to ``gpio``."""
-    port = free_port()
-    mic = write_wav(tmp_path / "mic.wav", MIC)
-    limit = "" if max_turn_s is None else f"  max_turn_s: {max_turn_s}\n"
-    path = config_file(
-        tmp_path,
-        f"realtime: {{url: '{url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
-        f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true}}\n"
-        f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}'}}\n"
-        f"  earcons: false\n{limit}"
-        f"plugins:\n  http: {{port: {port}}}\n  gpio: {gpio}\n",
-    )
-    stop = trio.Event()
-    with ExitStack() as after:
-        async with trio.open_nursery() as nursery:
-            pipe: Pipeline = await nursery.start(
-                partial(run_daemon, load_config(path), shutdown_trigger=stop.wait)
-            )
-            events = pipe.broadcast.subscribe("test")
-            try:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                    yield pipe, client, events
-            finally:
-                after.enter_context(real_time())
-                stop.set()
+    return daemon(tmp_path, url, max_turn_s=max_turn_s, plugins=f"  gpio: {gpio}\n")
 
 
 @pytest.fixture
