@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from voiced import Daemon
+from voiced.envelope import envelope
 from voiced.events import DaemonState, Event, StateChanged, Transcript, TurnEnded
 
 from ._http_metrics import Metrics
@@ -43,11 +44,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def _event(event: Event) -> bytes:
-    """One Server-Sent Event: its kind's name, and its fields as JSON."""
-    data = dataclasses.asdict(event)
-    if isinstance(event, TurnEnded):
-        data["latencies_ms"] = data.pop("latencies")  # as /status calls them
+def _event(event: Event, device_id: str) -> bytes:
+    """One Server-Sent Event: its kind's name, and the event as JSON: the documented envelope
+    (``voiced.envelope``) for transcripts, turns and states, the fields of a state change."""
+    data = envelope(event, device_id) or dataclasses.asdict(event)
     return f"event: {STREAMED[type(event)]}\ndata: {json.dumps(data)}\n\n".encode()
 
 
@@ -81,13 +81,14 @@ async def serve_events(
     chunks, to_write = trio.open_memory_channel[bytes](EVENTS_QUEUE)
     shown = daemon.status().get("shown") or {}
     now = DaemonState(shown.get("state", "offline"), shown.get("reason"))
-    chunks.send_nowait(b"retry: 3000\n\n" + _event(now))  # what is shown now, first
+    first = _event(now, daemon.device_id)  # what is shown now
+    chunks.send_nowait(b"retry: 3000\n\n" + first)
     writer, written = trio.CancelScope(), trio.Event()
     metrics.events_clients += 1
     try:
         await send(start)
         writers.start_soon(_write, send, to_write, writer, written)
-        clean = await _stream(subscription, chunks, receive, metrics, shutdown)
+        clean = await _stream(subscription, chunks, receive, metrics, shutdown, daemon.device_id)
         chunks.close()
         if clean:  # the daemon is done: what is queued, then the end of the stream
             with trio.move_on_after(SHUTDOWN_GRACE / 2):
@@ -106,6 +107,7 @@ async def _stream(
     receive: Receive,
     metrics: Metrics,
     shutdown: trio.Event,
+    device_id: str,
 ) -> bool:
     """Queue the client's events until the daemon is done (True) or the client is gone or
     not reading (False)."""
@@ -122,7 +124,7 @@ async def _stream(
     async def events() -> None:
         nonlocal ended
         async for event in subscription:
-            queue(_event(event))
+            queue(_event(event, device_id))
         ended = True
         watch.cancel_scope.cancel()
 

@@ -39,7 +39,7 @@ class FileSink:
         task_status.started()
         async with out, events:
             async for event in events:
-                if isinstance(event, Transcript):
+                if isinstance(event, Transcript) and event.final:
                     await out.write(json.dumps(_record(event), ensure_ascii=False) + "\n")
                     await out.flush()
 

@@ -26,7 +26,7 @@ class StdoutSink:
         task_status.started()
         async with events:
             async for event in events:
-                if isinstance(event, Transcript):
+                if isinstance(event, Transcript) and event.final:
                     # One short line at a time: a blocking write here is a terminal's pace.
                     sys.stdout.write(f"{event.role}: {event.text}\n")
                     sys.stdout.flush()

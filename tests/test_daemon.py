@@ -67,7 +67,7 @@ async def daemon(
     preroll = "" if preroll_ms is None else f", preroll_ms: {preroll_ms}"
     path = config_file(
         tmp_path,
-        f"realtime: {{url: '{url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
+        f"device_id: test-kiosk\nrealtime: {{url: '{url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
         f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true{preroll}}}\n"
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"

@@ -470,6 +470,31 @@ PARSED: list[tuple[str, dict[str, Any], p.ServerEvent]] = [
         p.ConversationItemTruncated("conversation.item.truncated", "item_asst_1", 1500),
     ),
     (
+        "response.output_audio_transcript.delta",
+        {
+            "type": "response.output_audio_transcript.delta",
+            "event_id": "event_28",
+            **ids(),
+            "delta": "Hello",
+        },
+        p.TranscriptDelta(
+            "response.output_audio_transcript.delta", "item_asst_1", "resp_1", "Hello"
+        ),
+    ),
+    (
+        "input_audio_transcription.delta",
+        {
+            "type": "conversation.item.input_audio_transcription.delta",
+            "event_id": "event_29",
+            "item_id": "item_user_1",
+            "content_index": 0,
+            "delta": "What time",
+        },
+        p.TranscriptDelta(
+            "conversation.item.input_audio_transcription.delta", "item_user_1", None, "What time"
+        ),
+    ),
+    (
         "response.done-completed",
         {"type": "response.done", "event_id": "event_11", "response": response("completed", None)},
         p.ResponseDone("response.done", "resp_1", "completed", None, PARSED_USAGE),
@@ -674,25 +699,6 @@ PASSIVE: list[tuple[str, dict[str, Any]]] = [
         {"type": "response.output_audio.done", "event_id": "event_27", **ids()},
     ),
     (
-        "response.output_audio_transcript.delta",
-        {
-            "type": "response.output_audio_transcript.delta",
-            "event_id": "event_28",
-            **ids(),
-            "delta": "Hello",
-        },
-    ),
-    (
-        "input_audio_transcription.delta",
-        {
-            "type": "conversation.item.input_audio_transcription.delta",
-            "event_id": "event_29",
-            "item_id": "item_user_1",
-            "content_index": 0,
-            "delta": "What time",
-        },
-    ),
-    (
         "input_audio_buffer.speech_started",
         {
             "type": "input_audio_buffer.speech_started",
@@ -738,12 +744,10 @@ def test_passive_server_event_is_other_event_without_warning(payload: dict[str, 
 OBFUSCATED = [
     (i, d)
     for i, d, _ in PARSED
-    if d["type"] in ("response.output_audio.delta", "response.output_audio_transcript.done")
-] + [
-    (i, d)
-    for i, d in PASSIVE
     if d["type"]
     in (
+        "response.output_audio.delta",
+        "response.output_audio_transcript.done",
         "response.output_audio_transcript.delta",
         "conversation.item.input_audio_transcription.delta",
     )

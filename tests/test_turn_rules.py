@@ -251,7 +251,21 @@ def test_transcripts_are_matched_to_their_turn_by_id() -> None:
         "response.output_audio_transcript.done", "resp_1", "item_1", "hi there"
     )
     assert t.event(user) == [Transcribed("user", "hello", 1, "item_u1")]
-    assert t.event(agent) == [Transcribed("agent", "hi there", 1, "item_1")]
+    assert t.event(agent) == [Transcribed("agent", "hi there", 1, "item_1", response_id="resp_1")]
+
+
+def test_transcript_deltas_are_matched_to_their_turn_and_marked_not_final() -> None:
+    t = Turn().speak()
+    t.event(p.InputAudioBufferCommitted("input_audio_buffer.committed", "item_u1"))
+    t.event(done("resp_1"))
+    t.playback_done(1)
+    t.start()
+    user = p.TranscriptDelta(
+        "conversation.item.input_audio_transcription.delta", "item_u1", None, "hel"
+    )
+    agent = p.TranscriptDelta("response.output_audio_transcript.delta", "item_1", "resp_1", "hi")
+    assert t.event(user) == [Transcribed("user", "hel", 1, "item_u1", final=False)]
+    assert t.event(agent) == [Transcribed("agent", "hi", 1, "item_1", False, "resp_1")]
 
 
 def test_a_failed_transcription_is_a_warning() -> None:

@@ -113,12 +113,14 @@ class TurnOver:
 
 @dataclass
 class Transcribed:
-    """A final transcript of one side of ``turn``."""
+    """A transcript of one side of ``turn``: final, or the next piece of one."""
 
     role: Literal["user", "agent"]
     text: str
     turn: int
     item_id: str
+    final: bool = True
+    response_id: str | None = None
 
 
 @dataclass

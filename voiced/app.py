@@ -8,9 +8,11 @@ then the sinks read what is left. ``ask`` runs one turn per input file on one se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,14 +26,14 @@ from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
 from voiced.auth import ApiKey
 from voiced.broadcast import Subscription
-from voiced.config import Config
+from voiced.config import AudioConfig, Config
 from voiced.devices.wav import WavSpeaker, read_wav
 from voiced.earcons import load_earcons
 from voiced.errors import ConfigError, VoicedError
 from voiced.events import Event, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
-from voiced.saved import SavedState, saved_state_file
+from voiced.saved import SavedState, resolve, saved_state_file, state_dir
 from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
 from voiced.stages.transport import Endpoint
@@ -108,6 +110,18 @@ class _Handle:
     pipeline: Pipeline
     name: str
     saved: SavedState
+    config: Config
+
+    @property
+    def device_id(self) -> str:
+        return device_id(self.config)
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir(self.config.state_dir)
+
+    def resolve(self, path: str) -> Path:
+        return resolve(path, self.config.state_dir)
 
     def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
         return self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)
@@ -198,11 +212,13 @@ async def run_daemon(
             await run_daemon(config, shutdown_trigger=on_signal, task_status=task_status)
         return
     plugins = Plugins(config).create_enabled()
-    saved = SavedState(saved_state_file())
-    audio = config.audio
+    saved = SavedState(saved_state_file(config.state_dir))
+    audio = _resolved(config)
     async with (
         devices.open_microphone(audio.input) as microphone,
-        devices.open_speaker(audio.output) as speaker,
+        devices.open_speaker(
+            audio.output, fallback=resolve(devices.DEFAULT_SPEAKER, config.state_dir)
+        ) as speaker,
         open_endpoint(config) as endpoint,
         trio.open_nursery() as sinks,
     ):
@@ -214,15 +230,34 @@ async def run_daemon(
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
-            await _start_plugins(sinks, [s for s in plugins if not s.spec.input], pipe, saved)
+            sink_plugins = [s for s in plugins if not s.spec.input]
+            await _start_plugins(sinks, sink_plugins, pipe, saved, config)
             async with trio.open_nursery() as inputs:
-                await _start_plugins(inputs, [s for s in plugins if s.spec.input], pipe, saved)
+                input_plugins = [s for s in plugins if s.spec.input]
+                await _start_plugins(inputs, input_plugins, pipe, saved, config)
                 log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
                 task_status.started(pipe)
                 await shutdown_trigger()
                 inputs.cancel_scope.cancel()
         # The pipeline has drained and ended every event channel: sinks write out the rest.
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+
+
+def device_id(config: Config) -> str:
+    """This kiosk's name in its events: ``device_id``, else the host name."""
+    return config.device_id or socket.gethostname()
+
+
+def _resolved(config: Config) -> AudioConfig:
+    """The audio settings with relative WAV paths resolved (see ``voiced.saved.resolve``)."""
+    audio = config.audio
+    if audio.input.path is not None:
+        path = str(resolve(audio.input.path, config.state_dir))
+        audio = dataclasses.replace(audio, input=dataclasses.replace(audio.input, path=path))
+    if audio.output.path is not None:
+        path = str(resolve(audio.output.path, config.state_dir))
+        audio = dataclasses.replace(audio, output=dataclasses.replace(audio.output, path=path))
+    return audio
 
 
 def _volume(config: Config, saved: SavedState) -> float:
@@ -235,10 +270,14 @@ def _volume(config: Config, saved: SavedState) -> float:
 
 
 async def _start_plugins(
-    nursery: trio.Nursery, plugins: Sequence[Loaded], pipe: Pipeline, saved: SavedState
+    nursery: trio.Nursery,
+    plugins: Sequence[Loaded],
+    pipe: Pipeline,
+    saved: SavedState,
+    config: Config,
 ) -> None:
     for loaded in plugins:
-        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, saved)
+        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, saved, config)
         await nursery.start(_run_plugin, loaded, handle)
 
 
@@ -268,7 +307,8 @@ async def ask(
             endpoint, session_update(config), microphone=None, speaker=speaker, reconnect=False
         ) as pipe:
             events = pipe.broadcast.subscribe("ask", TurnEnded)
-            await _start_plugins(sinks, sinks_only, pipe, SavedState(saved_state_file()))
+            saved = SavedState(saved_state_file(config.state_dir))
+            await _start_plugins(sinks, sinks_only, pipe, saved, config)
             with trio.fail_after(config.realtime.connect_timeout + 5):
                 await pipe.ready.wait()
             for pcm in utterances:

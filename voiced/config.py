@@ -208,6 +208,14 @@ class AudioConfig:
 class Config:
     """All of voiced's configuration: one YAML file."""
 
+    device_id: str | None = None
+    """This kiosk's name in every event it sends (transcripts, MQTT topics); None: the host
+    name."""
+    state_dir: str | None = None
+    """Where the daemon keeps what must outlive it (the volume, outboxes), and what relative
+    paths in this file are relative to. None: ``$STATE_DIRECTORY`` (systemd's
+    ``StateDirectory=``), else ``$XDG_STATE_HOME/voiced`` (``~/.local/state/voiced``), and
+    relative paths stay relative to the working directory unless a state directory was given."""
     realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     """The Realtime server and session."""
     auth: AuthConfig = field(default_factory=AuthConfig)

@@ -7,6 +7,8 @@ A sink subscribes to the kinds it wants on a bounded channel of its own
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,16 +19,26 @@ from voiced.turn import Outcome, State
 # and this module is on every start-up path (bench/README.md). Treat instances as immutable.
 
 
+def new_id() -> str:
+    """A unique event id: it travels with the event to every sink, so a subscriber that gets an
+    event twice (an outbox resending after a crash) sees it is the same one."""
+    return uuid.uuid4().hex
+
+
 @dataclass
 class Transcript:
-    """A final transcript of one side of a turn.
+    """A transcript of one side of a turn: final, or a live piece of one (``final`` false).
 
     Attributes:
         role: ``user`` (what the microphone heard) or ``agent`` (what the reply said).
-        text: the transcript.
+        text: the transcript (a delta: the next piece of it).
         turn: the turn it belongs to (1-based, counted since the daemon started).
         item_id: the conversation item on the server.
         at: wall-clock time (Unix seconds) it arrived.
+        final: the whole transcript, not a delta.
+        response_id: the response it belongs to (agent transcripts), when known.
+        session_id: the realtime session it came from, when known.
+        id: the event's own id (see ``new_id``).
     """
 
     role: Literal["user", "agent"]
@@ -34,6 +46,10 @@ class Transcript:
     turn: int
     item_id: str
     at: float
+    final: bool = True
+    response_id: str | None = None
+    session_id: str | None = None
+    id: str = field(default_factory=new_id, compare=False)
 
 
 @dataclass
@@ -67,6 +83,9 @@ class TurnEnded:
     latencies: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     usage: Usage | None = None
+    session_id: str | None = None
+    at: float = field(default_factory=time.time, compare=False)
+    id: str = field(default_factory=new_id, compare=False)
 
 
 @dataclass
@@ -110,6 +129,8 @@ class DaemonState:
 
     state: DaemonStateName
     reason: str | None = None
+    at: float = field(default_factory=time.time, compare=False)
+    id: str = field(default_factory=new_id, compare=False)
 
 
 Event = (

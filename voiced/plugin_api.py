@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -25,6 +26,18 @@ class Daemon(Protocol):
 
     commands: trio.MemorySendChannel[TurnCommand]
     """This plugin's own clone of the command channel; closed for it when it finishes."""
+
+    @property
+    def device_id(self) -> str:
+        """This kiosk's name in its events (``device_id``, else the host name)."""
+
+    @property
+    def state_dir(self) -> Path:
+        """Where to keep what must outlive the daemon (an outbox); may not exist yet."""
+
+    def resolve(self, path: str) -> Path:
+        """A path from the plugin's config: relative ones under the state directory when one
+        was given (``state_dir`` or ``$STATE_DIRECTORY``), else the working directory."""
 
     def subscribe(
         self, *kinds: type[Event], durable: bool = False

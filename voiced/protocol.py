@@ -211,6 +211,15 @@ class OutputAudioDelta(ServerEvent):
 
 
 @dataclass
+class TranscriptDelta(ServerEvent):
+    """The next piece of a transcript: the user's (``response_id`` None) or the agent's."""
+
+    item_id: str
+    response_id: str | None
+    delta: str
+
+
+@dataclass
 class OutputTranscriptDone(ServerEvent):
     response_id: str
     item_id: str
@@ -281,7 +290,6 @@ _PASSIVE = frozenset(
         "conversation.item.retrieved",
         "conversation.item.created",
         "conversation.created",
-        "conversation.item.input_audio_transcription.delta",
         "conversation.item.input_audio_transcription.segment",
         "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped",
@@ -291,7 +299,6 @@ _PASSIVE = frozenset(
         "response.content_part.added",
         "response.content_part.done",
         "response.output_audio.done",
-        "response.output_audio_transcript.delta",
         "response.output_text.delta",
         "response.output_text.done",
         "response.function_call_arguments.delta",
@@ -393,6 +400,12 @@ _PARSERS: Mapping[str, Callable[[str, Json], ServerEvent]] = {
     ),
     "response.created": lambda t, d: ResponseCreated(t, _opt_str(_sub(d, "response"), "id")),
     "response.output_audio.delta": _audio_delta,
+    "conversation.item.input_audio_transcription.delta": lambda t, d: TranscriptDelta(
+        t, _str(d, "item_id"), None, _opt_str(d, "delta") or ""
+    ),
+    "response.output_audio_transcript.delta": lambda t, d: TranscriptDelta(
+        t, _str(d, "item_id"), _str(d, "response_id"), _str(d, "delta")
+    ),
     "response.output_audio_transcript.done": lambda t, d: OutputTranscriptDone(
         t, _str(d, "response_id"), _str(d, "item_id"), _str(d, "transcript")
     ),

@@ -1,8 +1,12 @@
-"""What a person changed at run time and expects to find again after a restart (the volume).
+"""Where the daemon keeps what must outlive it, and what a person changed at run time and
+expects to find again after a restart (the volume).
 
-One small JSON file, written atomically (a temporary file, then a rename). Its directory is
-systemd's ``$STATE_DIRECTORY`` when the service has one, else ``$XDG_STATE_HOME/voiced``, else
-``~/.local/state/voiced``. A missing or unreadable file means nothing was changed yet.
+The state directory is ``state_dir`` from the config, else systemd's ``$STATE_DIRECTORY`` when
+the service has one, else ``$XDG_STATE_HOME/voiced``, else ``~/.local/state/voiced``. Relative
+paths in the config resolve against it when one was given (``state_dir`` or
+``$STATE_DIRECTORY``), else against the working directory. The saved state is one small JSON
+file in it, written atomically (a temporary file, then a rename); a missing or unreadable file
+means nothing was changed yet.
 """
 
 from __future__ import annotations
@@ -20,12 +24,33 @@ log = logging.getLogger("voiced.saved")
 FILE_NAME = "state.json"
 
 
-def saved_state_file() -> Path:
-    """Where the state lives on this machine."""
+def given_state_dir(configured: str | None) -> Path | None:
+    """The state directory when one was given: ``state_dir``, else ``$STATE_DIRECTORY``."""
+    if configured:
+        return Path(configured)
     if directory := os.environ.get("STATE_DIRECTORY"):
-        return Path(directory.split(":")[0]) / FILE_NAME
+        return Path(directory.split(":")[0])
+    return None
+
+
+def state_dir(configured: str | None = None) -> Path:
+    """The state directory on this machine (see the module docstring)."""
+    if (given := given_state_dir(configured)) is not None:
+        return given
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "voiced" / FILE_NAME
+    return Path(base) / "voiced"
+
+
+def resolve(path: str | Path, configured: str | None = None) -> Path:
+    """``path`` from the config: as is when absolute, else under the given state directory,
+    else under the working directory."""
+    base = given_state_dir(configured)
+    return Path(path) if base is None else base / path
+
+
+def saved_state_file(configured: str | None = None) -> Path:
+    """Where the saved state lives on this machine."""
+    return state_dir(configured) / FILE_NAME
 
 
 class SavedState:

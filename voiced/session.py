@@ -78,6 +78,7 @@ class Session:
         self._player = player
         self._earcons = dict(earcons or {})
         self._press = 0.0  # trio time of the command being handled
+        self._session_id: str | None = None  # the realtime session's, for the events
         self.ready = trio.Event()
         """Set the first time the session is ready for a turn."""
 
@@ -130,6 +131,7 @@ class Session:
         elif isinstance(msg, CommitSent):
             self._meter.mark("commit_sent", msg.at)
         elif isinstance(msg, Connected):
+            self._session_id = msg.session_id
             self._publish(ConnectionChanged(True))
         elif isinstance(msg, Disconnected):
             why = str(msg.error) if msg.error is not None else None
@@ -170,9 +172,7 @@ class Session:
             elif isinstance(action, a.TurnOver):
                 self._turn_over(action)
             elif isinstance(action, a.Transcribed):
-                self._publish(
-                    Transcript(action.role, action.text, action.turn, action.item_id, time.time())
-                )
+                self._transcript(action)
             elif isinstance(action, a.Notice):
                 turn = self.controller.turns
                 getattr(log, action.level)("%s%s", f"turn {turn}: " if turn else "", action.message)
@@ -202,9 +202,26 @@ class Session:
             self._gate.mute(trio.current_time(), ms_of(len(pcm)) / 1000)
             await self._decode.send(Earcon(name, pcm))
 
+    def _transcript(self, said: a.Transcribed) -> None:
+        at, session = time.time(), self._session_id
+        self._publish(
+            Transcript(
+                said.role,
+                said.text,
+                said.turn,
+                said.item_id,
+                at,
+                said.final,
+                said.response_id,
+                session,
+            )
+        )
+
     def _turn_over(self, over: a.TurnOver) -> None:
         meter = self._meter
-        ended = TurnEnded(over.turn, over.outcome, meter.latencies(), over.reason, meter.usage)
+        ended = TurnEnded(
+            over.turn, over.outcome, meter.latencies(), over.reason, meter.usage, self._session_id
+        )
         figures = ", ".join(f"{k} {v:g} ms" for k, v in ended.latencies.items())
         if meter.usage is not None:
             used = meter.usage

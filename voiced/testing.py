@@ -36,8 +36,10 @@ It imports only trio and voiced's light modules (no pytest), so a plugin's packa
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -85,8 +87,16 @@ class FakeDaemon:
         status: dict[str, Any] | None = None,
         command_buffer: int = COMMAND_BUFFER,
         sink_buffer: int = SINK_BUFFER,
+        device_id: str = "test-kiosk",
+        state_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.device_id = device_id
+        """The kiosk's name the plugin sees."""
+        self.state_dir = (
+            Path(tempfile.mkdtemp(prefix="voiced-fake-")) if state_dir is None else state_dir
+        )
+        """The plugin's state directory (a new temporary one unless given)."""
         self.commands, self._receive = trio.open_memory_channel[TurnCommand](command_buffer)
         self.status_values: dict[str, Any] = default_status() if status is None else status
         self.subscriptions: list[Subscription] = []
@@ -107,6 +117,10 @@ class FakeDaemon:
         self._returned = 0  # commands next_command has handed out
 
     # ------------------------------------------------------------------ the Daemon protocol
+
+    def resolve(self, path: str) -> Path:
+        """``path`` under the state directory unless absolute (as with a state directory)."""
+        return self.state_dir / path
 
     def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
         """A bounded queue of the events of ``kinds`` (every event, if none) published from now.

@@ -220,7 +220,13 @@ class TurnController:
             return [Transcribed("user", event.transcript, turn, event.item_id)]
         if isinstance(event, p.OutputTranscriptDone):
             turn = self._turn_of.get(event.response_id, self.turns)
-            return [Transcribed("agent", event.transcript, turn, event.item_id)]
+            text, item, rid = event.transcript, event.item_id, event.response_id
+            return [Transcribed("agent", text, turn, item, response_id=rid)]
+        if isinstance(event, p.TranscriptDelta):
+            role: Literal["user", "agent"] = "user" if event.response_id is None else "agent"
+            key = event.item_id if event.response_id is None else event.response_id
+            turn = self._turn_of.get(key, self.turns)
+            return [Transcribed(role, event.delta, turn, event.item_id, False, event.response_id)]
         if isinstance(event, p.InputTranscriptionFailed):
             return [Notice("warning", f"transcription of {event.item_id} failed: {event.message}")]
         return []

@@ -64,13 +64,19 @@ async def _microphone(config: AudioInputConfig) -> Microphone:
 
 
 @asynccontextmanager
-async def open_speaker(config: AudioOutputConfig) -> AsyncIterator[Speaker]:
+async def open_speaker(
+    config: AudioOutputConfig, *, fallback: Path = Path(DEFAULT_SPEAKER)
+) -> AsyncIterator[Speaker]:
     """The speaker the config asks for (see ``open_microphone``), closed on the way out.
+
+    Args:
+        config: the speaker's settings.
+        fallback: the WAV file ``auto`` writes to when there is no audio device.
 
     Raises:
         DeviceError: the backend cannot be used.
     """
-    speaker = await _speaker(config)
+    speaker = await _speaker(config, fallback)
     try:
         yield speaker
     finally:
@@ -78,7 +84,7 @@ async def open_speaker(config: AudioOutputConfig) -> AsyncIterator[Speaker]:
             await speaker.aclose()
 
 
-async def _speaker(config: AudioOutputConfig) -> Speaker:
+async def _speaker(config: AudioOutputConfig, fallback: Path) -> Speaker:
     if config.backend == "null":
         return NullSpeaker()
     if config.backend == "wav":
@@ -87,8 +93,8 @@ async def _speaker(config: AudioOutputConfig) -> Speaker:
     if config.backend == "pyaudio" or await _usable("output", config):
         speaker: Speaker = soundcard_module().PyAudioSpeaker(config)
         return speaker
-    log.info("speaker: %s (no usable output device)", DEFAULT_SPEAKER)
-    return WavSpeaker(Path(DEFAULT_SPEAKER), realtime=True)
+    log.info("speaker: %s (no usable output device)", fallback)
+    return WavSpeaker(fallback, realtime=True)
 
 
 def soundcard_module() -> ModuleType:

@@ -109,12 +109,20 @@ class WavSpeaker(NullSpeaker):
         self.paced = realtime
         self._free_at = 0.0  # trio time when the audio written so far has finished playing
         try:
-            self._wav: wave.Wave_write | None = wave.open(str(path), "wb")  # noqa: SIM115 (open for the speaker's life)
+            # Opened here rather than by wave, which leaves a half-made object to warn when
+            # the open fails. Its folder is made, as for any file voiced writes.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("wb")  # noqa: SIM115 (open for the speaker's life)
+        except OSError as exc:
+            raise DeviceError(f"cannot write the speaker file {path}: {exc}") from exc
+        try:
+            self._wav: wave.Wave_write | None = wave.open(self._file, "wb")
             self._wav.setnchannels(1)
             self._wav.setsampwidth(SAMPLE_BYTES)
             self._wav.setframerate(RATE)
             self._wav.writeframes(b"")  # a valid, empty file from the start
         except OSError as exc:
+            self._file.close()
             raise DeviceError(f"cannot write the speaker file {path}: {exc}") from exc
 
     async def play(self, pcm: bytes) -> None:
@@ -132,4 +140,9 @@ class WavSpeaker(NullSpeaker):
     async def aclose(self) -> None:
         if self._wav is not None:
             wav, self._wav = self._wav, None
-            await trio.to_thread.run_sync(wav.close)
+
+            def close() -> None:
+                wav.close()  # the header's final sizes
+                self._file.close()  # wave does not close a file it was given
+
+            await trio.to_thread.run_sync(close)
