@@ -30,7 +30,7 @@ from voiced.config import AudioConfig, Config
 from voiced.devices.wav import WavSpeaker, read_wav
 from voiced.earcons import load_earcons
 from voiced.errors import ConfigError, VoicedError
-from voiced.events import Event, TurnEnded
+from voiced.events import Event, PluginChanged, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
 from voiced.saved import SavedState, resolve, saved_state_file, state_dir
@@ -122,6 +122,14 @@ class _Handle:
 
     def resolve(self, path: str) -> Path:
         return resolve(path, self.config.state_dir)
+
+    def report(self, error: str | None) -> None:
+        try:
+            self.pipeline.inbound.send_nowait(PluginChanged(self.name, error))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.warning(
+                "plugin %s: %s (not shown: the daemon is busy or stopping)", self.name, error
+            )
 
     def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
         return self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)

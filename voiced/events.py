@@ -116,6 +116,14 @@ class DeviceChanged:
     error: str | None
 
 
+@dataclass
+class PluginChanged:
+    """A plugin failed (``error`` says why: a full disk, a broker away) or works again (None)."""
+
+    name: str
+    error: str | None
+
+
 DaemonStateName = Literal["idle", "listening", "thinking", "speaking", "error", "offline"]
 
 
@@ -140,5 +148,6 @@ Event = (
     | TokensUsed
     | ConnectionChanged
     | DeviceChanged
+    | PluginChanged
     | DaemonState
 )

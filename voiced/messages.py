@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from voiced import protocol as p
 from voiced.audio import AudioFrame, EndOfReply
 from voiced.errors import TransportError
-from voiced.events import DeviceChanged
+from voiced.events import DeviceChanged, PluginChanged
 from voiced.turn import TurnCommand
 
 # Plain, not frozen, dataclasses: on CPython 3.11 a frozen one costs twice as much to define,
@@ -70,6 +70,7 @@ Inbound = (
     | PlaybackStarted
     | RenewSession
     | DeviceChanged
+    | PluginChanged
     | Shutdown
 )
 """Everything the session task reads, from every producer."""

@@ -35,6 +35,10 @@ class Daemon(Protocol):
     def state_dir(self) -> Path:
         """Where to keep what must outlive the daemon (an outbox); may not exist yet."""
 
+    def report(self, error: str | None) -> None:
+        """Say that this plugin fails now (``error``: why, for ``/status`` and the sinks) or
+        works again (None). Never waits. Say each change once; the daemon logs nothing for it."""
+
     def resolve(self, path: str) -> Path:
         """A path from the plugin's config: relative ones under the state directory when one
         was given (``state_dir`` or ``$STATE_DIRECTORY``), else the working directory."""

@@ -25,6 +25,7 @@ from voiced.events import (
     ConnectionChanged,
     DeviceChanged,
     Event,
+    PluginChanged,
     StateChanged,
     TokensUsed,
     Transcript,
@@ -139,7 +140,7 @@ class Session:
             await self._apply(self.controller.connection_lost(why or "renewing the session"))
         elif isinstance(msg, RenewSession):
             await self._apply(self.controller.renew())
-        elif isinstance(msg, DeviceChanged):
+        elif isinstance(msg, DeviceChanged | PluginChanged):
             self._publish(msg)
 
     async def _send_audio(self, frame: AudioFrame) -> None:

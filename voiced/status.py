@@ -20,6 +20,7 @@ from voiced.events import (
     DaemonStateName,
     DeviceChanged,
     Event,
+    PluginChanged,
     StateChanged,
     TurnEnded,
 )
@@ -92,6 +93,8 @@ class Status:
     """How many turns ended each way (``completed``, ``too_short``...)."""
     device_errors: dict[str, str] = field(default_factory=dict)
     """Why each failing device fails, by ``microphone`` / ``speaker``."""
+    plugin_errors: dict[str, str] = field(default_factory=dict)
+    """Why each failing plugin fails (a sink that cannot write), by name."""
     shown: DaemonState = field(init=False)
     """What the daemon shows a person now."""
 
@@ -133,6 +136,11 @@ class Status:
                 self.last_error = None
             elif event.error is not None:
                 self.last_error = event.error
+        elif isinstance(event, PluginChanged):
+            if event.error is None:
+                self.plugin_errors.pop(event.name, None)
+            else:
+                self.plugin_errors[event.name] = event.error
         elif isinstance(event, DeviceChanged):
             if event.error is None:
                 self.device_errors.pop(event.device, None)
@@ -174,4 +182,5 @@ class Status:
             "outcomes": dict(self.outcomes),
             "connection": dict(link),
             "sinks": {name: {"dropped": n} for name, n in dropped.items()},
+            "plugin_errors": dict(self.plugin_errors),
         }

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from voiced.broadcast import SINK_BUFFER, Broadcast, Subscription
-from voiced.events import Event
+from voiced.events import Event, PluginChanged
 from voiced.plugin_api import Daemon, Plugin
 from voiced.status import Status
 from voiced.turn import State, TurnCommand
@@ -101,6 +101,8 @@ class FakeDaemon:
         self.status_values: dict[str, Any] = default_status() if status is None else status
         self.subscriptions: list[Subscription] = []
         self.volume: float | None = None
+        self.reports: list[str | None] = []
+        """What the plugin said of its health, in order (``report``)."""
         self._sink_buffer = sink_buffer
         self._broadcast = Broadcast()
         values = self.status_values
@@ -117,6 +119,12 @@ class FakeDaemon:
         self._returned = 0  # commands next_command has handed out
 
     # ------------------------------------------------------------------ the Daemon protocol
+
+    def report(self, error: str | None) -> None:
+        """Record what the plugin said of its health (``reports``), and publish it as the
+        daemon does (a ``PluginChanged`` event, and ``/status``'s ``plugin_errors``)."""
+        self.reports.append(error)
+        self.publish(PluginChanged(self.name, error))
 
     def resolve(self, path: str) -> Path:
         """``path`` under the state directory unless absolute (as with a state directory)."""

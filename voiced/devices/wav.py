@@ -112,11 +112,11 @@ class WavSpeaker(NullSpeaker):
             # Opened here rather than by wave, which leaves a half-made object to warn when
             # the open fails. Its folder is made, as for any file voiced writes.
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("wb")  # noqa: SIM115 (open for the speaker's life)
+            self._file = path.open("wb")
         except OSError as exc:
             raise DeviceError(f"cannot write the speaker file {path}: {exc}") from exc
         try:
-            self._wav: wave.Wave_write | None = wave.open(self._file, "wb")
+            self._wav: wave.Wave_write | None = wave.open(self._file, "wb")  # noqa: SIM115
             self._wav.setnchannels(1)
             self._wav.setsampwidth(SAMPLE_BYTES)
             self._wav.setframerate(RATE)
