@@ -93,10 +93,7 @@ class FakeDaemon:
         self.name = name
         self.device_id = device_id
         """The kiosk's name the plugin sees."""
-        self.state_dir = (
-            Path(tempfile.mkdtemp(prefix="voiced-fake-")) if state_dir is None else state_dir
-        )
-        """The plugin's state directory (a new temporary one unless given)."""
+        self._state_dir = state_dir
         self.commands, self._receive = trio.open_memory_channel[TurnCommand](command_buffer)
         self.status_values: dict[str, Any] = default_status() if status is None else status
         self.subscriptions: list[Subscription] = []
@@ -125,6 +122,14 @@ class FakeDaemon:
         daemon does (a ``PluginChanged`` event, and ``/status``'s ``plugin_errors``)."""
         self.reports.append(error)
         self.publish(PluginChanged(self.name, error))
+
+    @property
+    def state_dir(self) -> Path:
+        """The plugin's state directory: the one given, else a new temporary one, made the first
+        time a plugin asks (pass a test's ``tmp_path`` to keep it apart and cleaned up)."""
+        if self._state_dir is None:
+            self._state_dir = Path(tempfile.mkdtemp(prefix="voiced-fake-"))
+        return self._state_dir
 
     def resolve(self, path: str) -> Path:
         """``path`` under the state directory unless absolute (as with a state directory)."""
