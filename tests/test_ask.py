@@ -65,7 +65,11 @@ async def test_three_turns_bit_exact(
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln]
     assert lines == ["user: heard 3000 ms", "agent: echo of 3000 ms"] * 3
     records = [json.loads(ln) for ln in (tmp_path / "t.jsonl").read_text().splitlines()]
-    assert [(r["turn"], r["role"], r["text"]) for r in records] == [
+    assert [(r["turn"], r["outcome"]) for r in records if r["kind"] == "turn"] == [
+        (turn, "completed") for turn in (1, 2, 3)
+    ]
+    said = [r for r in records if r["kind"] == "transcript"]
+    assert [(r["turn"], r["role"], r["text"]) for r in said] == [
         (turn, role, text)
         for turn in (1, 2, 3)
         for role, text in (("user", "heard 3000 ms"), ("agent", "echo of 3000 ms"))

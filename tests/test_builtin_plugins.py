@@ -18,7 +18,6 @@ import pytest
 import trio
 import trio.testing
 
-from voiced.errors import PluginError
 from voiced.events import (
     ConnectionChanged,
     DaemonState,
@@ -75,34 +74,44 @@ async def test_file_appends_json_lines(tmp_path: Path) -> None:
             for event in NOT_TRANSCRIPTS:
                 fake.publish(event)
             fake.publish(AGENT)
-    assert [s.kinds for s in fake.subscriptions] == [(Transcript,)]
+    assert [s.kinds for s in fake.subscriptions] == [(Transcript, TurnEnded, DaemonState)]
+    assert fake.subscriptions[0].durable
     text = path.read_text(encoding="utf-8")
     assert "déjà" in text  # written as UTF-8, not \u escapes
     assert text.endswith("\n")
-    assert [json.loads(line) for line in text.splitlines()] == [
-        {"earlier": True},  # appended to, never truncated
-        {
-            "time": "2023-11-14T22:13:20.125+00:00",
-            "turn": 1,
-            "role": "user",
-            "text": "what time is it?",
-            "item_id": "item_u1",
-        },
-        {
-            "time": "2023-11-14T22:13:21.500+00:00",
-            "turn": 1,
-            "role": "agent",
-            "text": "Il est midi, déjà.",
-            "item_id": "item_a1",
-        },
+    records = [json.loads(line) for line in text.splitlines()]
+    assert records[0] == {"earlier": True}  # appended to, never truncated
+    assert [(r["kind"], r.get("role"), r.get("state")) for r in records[1:]] == [
+        ("transcript", "user", None),
+        ("state", None, "listening"),  # what the fake showed for the StateChanged
+        ("turn", None, None),
+        ("state", None, "error"),  # the unplugged speaker
+        ("transcript", "agent", None),
     ]
+    assert records[1] == {
+        "v": 1,
+        "id": USER.id,
+        "kind": "transcript",
+        "time": "2023-11-14T22:13:20.125+00:00",
+        "device_id": "test-kiosk",
+        "session_id": None,
+        "turn": 1,
+        "role": "user",
+        "text": "what time is it?",
+        "final": True,
+        "item_id": "item_u1",
+        "response_id": None,
+    }
 
 
-async def test_file_that_cannot_be_opened_fails_at_startup(tmp_path: Path) -> None:
+async def test_file_creates_missing_folders(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "t.jsonl"
     fake = FakeDaemon()
-    with trio.fail_after(10), pytest.raises(PluginError, match=r"^file sink: cannot open .*nope"):
-        async with fake.running(FileSink(FileConfig(str(tmp_path / "nope" / "t.jsonl")))):
-            pytest.fail("the sink reported ready")
+    with trio.fail_after(10):
+        async with fake.running(FileSink(FileConfig(str(path)))):
+            fake.publish(USER)
+    assert json.loads(path.read_text(encoding="utf-8"))["id"] == USER.id
+    assert fake.reports == []
 
 
 # ---------------------------------------------------------------------- terminal
