@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 PYTHON_APT_PACKAGES := python3 python3-venv python3-dev
 AUDIO_APT_PACKAGES := gcc portaudio19-dev
 # Only for `make test`: a private PulseAudio with null sinks for a sound card
-# (tests/soundserver.py), and espeak-ng + sox for test speech.
-TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox
+# (tests/soundserver.py), espeak-ng + sox for test speech, and mosquitto (a real MQTT broker,
+# started by a test fixture).
+TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox mosquitto
 
 # Install the Debian packages of $(1) that are missing (as root, or with sudo).
 define apt_install

@@ -238,10 +238,10 @@ async def run_daemon(
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
-            sink_plugins = [s for s in plugins if not s.spec.input]
+            sink_plugins = [s for s in plugins if s.spec.sink or not s.spec.input]
             await _start_plugins(sinks, sink_plugins, pipe, saved, config)
             async with trio.open_nursery() as inputs:
-                input_plugins = [s for s in plugins if s.spec.input]
+                input_plugins = [s for s in plugins if s.spec.input and not s.spec.sink]
                 await _start_plugins(inputs, input_plugins, pipe, saved, config)
                 log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
                 task_status.started(pipe)

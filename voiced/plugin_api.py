@@ -82,7 +82,10 @@ class PluginSpec:
         description: one line, for ``voiced plugins``.
         config: a frozen dataclass; the section is validated into it (unknown keys are errors).
         create: builds the plugin from its validated config.
-        input: it sends commands (not started by ``voiced ask``, which drives turns itself).
+        input: it sends commands (not started by ``voiced ask``, which drives turns itself);
+            inputs are stopped first at shutdown.
+        sink: an input that also keeps events it must not lose (an outbox): it is stopped with
+            the sinks instead, once the pipeline has drained and its events have ended.
     """
 
     name: str
@@ -90,3 +93,4 @@ class PluginSpec:
     config: type[Any]
     create: Callable[[Any], Plugin]
     input: bool = False
+    sink: bool = False
