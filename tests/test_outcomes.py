@@ -489,3 +489,20 @@ async def test_renew_while_idle_opens_a_fresh_session(
     assert ms(first_heard) == pytest.approx(500, abs=0.1)
     assert ms(second_heard) == pytest.approx(600, abs=0.1)
     assert read_wav(tmp_path / "spk.wav") == old.reply_audio[0] + new.reply_audio[0]
+
+
+async def test_a_sink_that_never_reads_does_not_stop_the_next_turns(
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A sink stuck forever (it subscribed and never reads again) loses events, counted in
+    /status, and the turns go on as if it were not there."""
+    with trio.fail_after(30):
+        async with daemon(tmp_path, sim.url, preroll_ms=0) as (pipe, http, events):
+            stuck = pipe.broadcast.subscribe("stuck", size=2)  # and never read
+            await pipe.ready.wait()
+            outcomes = [(await turn(http, events, 0.3)).outcome for _ in range(3)]
+            assert outcomes == ["completed"] * 3
+            status = (await http.get("/status")).json()
+            assert status["sinks"]["stuck"]["dropped"] > 0
+            assert status["sinks"]["stdout"]["dropped"] == 0
+            await stuck.aclose()
