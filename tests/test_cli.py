@@ -176,7 +176,8 @@ def test_no_key_for_a_real_server_is_a_config_error(tmp_path: Path) -> None:
         assert result.returncode == 2
         assert one_line_error(result) == (
             f"{cfg}: auth.api_key: realtime.url is wss://api.openai.com/v1/realtime but no API key "
-            "is configured: set OPENAI_API_KEY (or auth.api_key), or use realtime.url: sim"
+            "is configured: set OPENAI_API_KEY (or auth.api_key, auth.api_key_file, a systemd "
+            "credential openai_api_key), or use realtime.url: sim"
         )
 
 

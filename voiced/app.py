@@ -24,7 +24,7 @@ import trio
 from voiced import devices
 from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
-from voiced.auth import ApiKey
+from voiced.auth import ApiKey, find_api_key
 from voiced.broadcast import Subscription
 from voiced.config import AudioConfig, Config
 from voiced.devices.wav import WavSpeaker, read_wav
@@ -53,12 +53,14 @@ def choose_url(config: Config) -> str:
         ConfigError: a real server is configured but no API key is.
     """
     url = config.realtime.url
+    has_key = find_api_key(config) is not None
     if url is None:
-        return OPENAI_URL if config.auth.api_key else "sim"
-    if url != "sim" and not config.auth.api_key:
+        return OPENAI_URL if has_key else "sim"
+    if url != "sim" and not has_key:
         raise ConfigError(
             f"realtime.url is {url} but no API key is configured: set OPENAI_API_KEY "
-            "(or auth.api_key), or use realtime.url: sim",
+            "(or auth.api_key, auth.api_key_file, a systemd credential openai_api_key), "
+            "or use realtime.url: sim",
             file=config.source,
             key="auth.api_key",
         )
@@ -86,9 +88,10 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
     url = choose_url(config)
     timeout = config.realtime.connect_timeout
     if url != "sim":
-        assert config.auth.api_key is not None  # choose_url checked it
-        log.info("realtime: %s, model %s", url, config.realtime.model)
-        yield Endpoint(url, config.realtime.model, ApiKey(config.auth.api_key), timeout)
+        key = find_api_key(config)
+        assert key is not None  # choose_url checked it
+        log.info("realtime: %s, model %s, %s", url, config.realtime.model, key.describe())
+        yield Endpoint(url, config.realtime.model, key, timeout)
         return
     from voiced.sim import Simulator  # only the simulator's users pay for importing it
 

@@ -75,6 +75,9 @@ class AuthConfig:
 
     api_key: str | None = field(default=None, repr=False)
     """The OpenAI API key, usually ``${OPENAI_API_KEY:-}``; empty means none. Never in reprs."""
+    api_key_file: str | None = None
+    """A file holding the key (its first line), used when ``api_key`` is empty; when neither is
+    set, systemd's credential ``$CREDENTIALS_DIRECTORY/openai_api_key`` is used if there is one."""
 
     def __post_init__(self) -> None:
         # A quoted "${OPENAI_API_KEY:-}" with the variable unset is "", which means no key.
