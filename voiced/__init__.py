@@ -14,9 +14,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from voiced.events import ConnectionChanged as ConnectionChanged
+    from voiced.events import DaemonState as DaemonState
     from voiced.events import DeviceChanged as DeviceChanged
     from voiced.events import Event as Event
+    from voiced.events import PluginChanged as PluginChanged
     from voiced.events import StateChanged as StateChanged
+    from voiced.events import TokensUsed as TokensUsed
     from voiced.events import Transcript as Transcript
     from voiced.events import TurnEnded as TurnEnded
     from voiced.hookspecs import PROJECT as PROJECT
@@ -31,9 +34,12 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "ConnectionChanged": "voiced.events",
+    "DaemonState": "voiced.events",
     "DeviceChanged": "voiced.events",
     "Event": "voiced.events",
+    "PluginChanged": "voiced.events",
     "StateChanged": "voiced.events",
+    "TokensUsed": "voiced.events",
     "Transcript": "voiced.events",
     "TurnEnded": "voiced.events",
     "PROJECT": "voiced.hookspecs",
