@@ -108,8 +108,8 @@ async def running(
 
 
 async def settle(seconds: float = 1.0) -> None:
-    """Let virtual time pass (the autojump clock), for "and nothing else happens"."""
-    await trio.sleep(seconds)
+    """Let virtual time pass, for "and nothing else happens" (refuses a real clock)."""
+    await elapse(seconds)
 
 
 # ---------------------------------------------------------------------- the button

@@ -201,9 +201,9 @@ def commit_actions(turn: int, *, create: bool = True) -> list[Action]:
 
 def test_start_listen_commit():
     t = Turn()
-    assert (t.state, t.ctl.turns, t.ctl.listening) == (IDLE, 0, False)
+    assert (t.state, t.ctl.turns) == (IDLE, 0)
     assert t.start() == [Changed(IDLE, LISTENING)]
-    assert (t.state, t.ctl.turns, t.ctl.listening) == (LISTENING, 1, True)
+    assert (t.state, t.ctl.turns) == (LISTENING, 1)
     assert t.start() == []  # already listening: nothing, not a new turn
     assert t.ctl.turns == 1
     for _ in range(6):  # 6 frames of 20 ms: the controller adds them up
@@ -213,7 +213,7 @@ def test_start_listen_commit():
         Send(p.ResponseCreate(event_id="response_1")),
         Changed(LISTENING, THINKING),
     ]
-    assert (t.state, t.ctl.turns, t.ctl.listening) == (THINKING, 1, False)
+    assert (t.state, t.ctl.turns) == (THINKING, 1)
 
 
 @pytest.mark.parametrize("frames", [[4800], [2400, 2400], [960] * 5, [4798, 2]])
@@ -612,7 +612,6 @@ def test_cancel_in_each_state(name: str):
     turns = t.ctl.turns
     assert t.cancel(Played("item_1", 700)) == CANCEL[name]
     assert (t.state, t.ctl.turns) == (IDLE, turns)
-    assert not t.ctl.listening
     # Whatever was cancelled, its audio never plays and a later turn works.
     assert t.event(delta("resp_1")) == []
     t.event(done("resp_1", "cancelled", "client_cancelled"))
@@ -755,7 +754,7 @@ def test_connection_lost_resets_the_turn(name: str):
     if state is not IDLE:
         expected.append(Notice("warning", f"turn lost while {state}: connection ended: gone"))
     assert [a for a in actions if not isinstance(a, Changed)] == expected
-    assert (t.state, t.ctl.turns, t.ctl.listening) == (IDLE, turns, False)
+    assert (t.state, t.ctl.turns) == (IDLE, turns)
     # Nothing of the old connection survives: a fresh turn works from scratch.
     assert t.event(delta("resp_1")) == []
     assert t.event(done("resp_1")) == []

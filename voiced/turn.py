@@ -149,11 +149,6 @@ class TurnController:
         self._commit_id: str | None = None  # event id of the current turn's commit
         self._create_id: str | None = None  # event id of the response.create in flight
 
-    @property
-    def listening(self) -> bool:
-        """Whether captured audio should be sent now."""
-        return self.state is State.LISTENING
-
     # ------------------------------------------------------------------ inputs
 
     def command(self, cmd: TurnCommand, now: float) -> list[Action]:
