@@ -69,20 +69,118 @@ class RealtimeConfig:
             )
 
 
+AuthMode: TypeAlias = Literal["api_key", "ephemeral", "broker", "azure"]
+"""``api_key``: the key on every connection; ``ephemeral``: the key mints a short-lived client
+secret for each connection; ``broker``: a token broker mints it, and the device holds only its
+device token; ``azure``: Azure OpenAI, the key in the ``api-key`` header."""
+
+MIN_TTL_S, MAX_TTL_S = 10, 7200
+"""The lifetimes OpenAI accepts for a client secret, in seconds."""
+
+
+def _check_http_url(url: str | None, name: str) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise FieldError(f"expected an http:// or https:// URL, got {url!r}", field=name)
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """Credentials for the Realtime server."""
 
+    mode: AuthMode = "api_key"
+    """How voiced authenticates (see `AuthMode`)."""
     api_key: str | None = field(default=None, repr=False)
-    """The OpenAI API key, usually ``${OPENAI_API_KEY:-}``; empty means none. Never in reprs."""
+    """The OpenAI (or Azure) API key, usually ``${OPENAI_API_KEY:-}``; empty means none. Never
+    in reprs."""
     api_key_file: str | None = None
     """A file holding the key (its first line), used when ``api_key`` is empty; when neither is
     set, systemd's credential ``$CREDENTIALS_DIRECTORY/openai_api_key`` is used if there is one."""
+    broker_url: str | None = None
+    """``broker`` mode: the token broker's base URL, e.g. ``https://broker.example:8788``."""
+    device_token: str | None = field(default=None, repr=False)
+    """``broker`` mode: this device's token (``voiced broker add-device`` prints it); empty
+    means none. Never in reprs."""
+    device_token_file: str | None = None
+    """``broker`` mode: a file holding the device token, used when ``device_token`` is empty;
+    when neither is set, systemd's credential ``$CREDENTIALS_DIRECTORY/voiced_device_token``."""
+    ttl_s: int = 60
+    """``ephemeral`` and ``broker``: how long a minted client secret may open a session
+    (seconds, 10 to 7200). A session it opened outlives it."""
 
     def __post_init__(self) -> None:
         # A quoted "${OPENAI_API_KEY:-}" with the variable unset is "", which means no key.
+        for name in ("api_key", "device_token"):
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)  # the dataclass is frozen
+        if not MIN_TTL_S <= self.ttl_s <= MAX_TTL_S:
+            raise FieldError(f"must be between {MIN_TTL_S} and {MAX_TTL_S}", field="ttl_s")
+        _check_http_url(self.broker_url, "broker_url")
+        if self.mode == "broker" and self.broker_url is None:
+            raise FieldError("required when mode is broker", field="broker_url")
+
+
+@dataclass(frozen=True)
+class AllowedConfig:
+    """What a device may ask the broker for; the first of each is what it gets if it asks for
+    nothing. A request for anything else is refused (403)."""
+
+    models: tuple[str, ...] = ("gpt-realtime-2",)
+    """Realtime models."""
+    voices: tuple[str, ...] = ("marin",)
+    """Voices."""
+    instructions: tuple[str, ...] = (
+        "You are a concise voice assistant. Answer in one or two short sentences.",
+    )
+    """System instructions, each the whole text."""
+
+    def __post_init__(self) -> None:
+        for name in ("models", "voices", "instructions"):
+            if not getattr(self, name):
+                raise FieldError("must list at least one", field=name)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """``voiced broker``: the token service that holds the API key for a fleet of devices."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; ``0.0.0.0`` for every interface (then give it TLS)."""
+    port: int = 8788
+    """TCP port."""
+    api_key: str | None = field(default=None, repr=False)
+    """The OpenAI API key, usually ``${OPENAI_API_KEY:-}``; empty means none. Never in reprs."""
+    api_key_file: str | None = None
+    """A file holding the key, used when ``api_key`` is empty; then the systemd credential
+    ``openai_api_key``."""
+    openai_url: str = "https://api.openai.com/v1"
+    """The API base the secrets are minted at (``/realtime/client_secrets`` is added)."""
+    tls_cert: str | None = None
+    """A PEM certificate (chain): serve HTTPS. Needs ``tls_key``."""
+    tls_key: str | None = None
+    """The PEM private key of ``tls_cert``."""
+    devices_file: str = "broker-devices.sqlite3"
+    """The SQLite file of registered devices (token hashes only) and mints; relative to the
+    state directory."""
+    allowed: AllowedConfig = field(default_factory=AllowedConfig)
+    """What devices may ask for."""
+    max_ttl_s: int = 600
+    """The longest lifetime a device gets for a secret (seconds, 10 to 7200)."""
+    mints_per_minute: int = 12
+    """Per device: more mint requests than this in a minute are answered 429."""
+
+    def __post_init__(self) -> None:
         if self.api_key == "":
-            object.__setattr__(self, "api_key", None)  # the dataclass is frozen
+            object.__setattr__(self, "api_key", None)
+        if not 0 <= self.port <= 65535:
+            raise FieldError("must be between 0 and 65535", field="port")
+        _check_http_url(self.openai_url, "openai_url")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise FieldError("tls_cert and tls_key go together", field=missing)
+        if not MIN_TTL_S <= self.max_ttl_s <= MAX_TTL_S:
+            raise FieldError(f"must be between {MIN_TTL_S} and {MAX_TTL_S}", field="max_ttl_s")
+        if not 1 <= self.mints_per_minute <= 10000:
+            raise FieldError("must be between 1 and 10000", field="mints_per_minute")
 
 
 @dataclass(frozen=True)
@@ -223,6 +321,8 @@ class Config:
     """The Realtime server and session."""
     auth: AuthConfig = field(default_factory=AuthConfig)
     """Credentials."""
+    broker: BrokerConfig | None = None
+    """Only for ``voiced broker``: the token service; the daemon ignores it."""
     audio: AudioConfig = field(default_factory=AudioConfig)
     """Microphone and speaker."""
     plugins: dict[str, Located] = field(default_factory=dict)

@@ -6,6 +6,8 @@ boundary with ``raise ... from exc``; ``cli.py`` turns them into one log line an
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class VoicedError(Exception):
     """Base class: a failure with a message fit to show an operator as one line."""
@@ -49,17 +51,32 @@ class DeviceError(VoicedError):
 class TransportError(VoicedError):
     """The connection to the realtime server failed."""
 
+    fatal: ClassVar[bool] = False
+    """A person must act (a key, a device token, quota, the config): retrying fast won't help."""
+
 
 class ServerUnreachable(TransportError):
     """The realtime server could not be reached (DNS, refused, timeout, TLS). Transient."""
 
 
 class AuthRejected(TransportError):
-    """The server said the credentials are wrong (HTTP 401/403, or close code 3000). Fatal."""
+    """The server said the credentials are wrong (HTTP 401/403, or close code 3000), or the
+    broker revoked this device. Fatal."""
+
+    fatal = True
 
 
 class RequestRejected(TransportError):
-    """The server said the request is wrong (close code 4000: model, URL). A config problem."""
+    """The server said the request is wrong (close code 4000: model, URL), or the broker does
+    not allow what was asked. A config problem; fatal."""
+
+    fatal = True
+
+
+class QuotaExhausted(TransportError):
+    """The account has no quota left (``insufficient_quota``): someone must pay. Fatal."""
+
+    fatal = True
 
 
 class ConnectionLost(TransportError):
