@@ -96,7 +96,7 @@ async def test_wrong_key_is_stated_plainly(sim: RunningSim, tmp_path: Path) -> N
         trio.fail_after(10),
         pytest.RaisesGroup(
             pytest.RaisesExc(
-                AuthRejected, match=r"^the server rejected the API key: Incorrect API key"
+                AuthRejected, match=r"^the server rejected the credentials: Incorrect API key"
             ),
             flatten_subgroups=True,
         ),
@@ -112,7 +112,7 @@ async def test_http_401_at_handshake_is_a_rejected_key(sim: RunningSim, tmp_path
         trio.fail_after(10),
         pytest.RaisesGroup(
             pytest.RaisesExc(
-                AuthRejected, match=r"^the server rejected the API key \(HTTP 401 at "
+                AuthRejected, match=r"^the server rejected the credentials \(HTTP 401 at "
             ),
             flatten_subgroups=True,
         ),

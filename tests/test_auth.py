@@ -109,5 +109,5 @@ def test_check_config_says_where_the_key_comes_from_never_the_key(tmp_path: Path
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"  auth: API key from file {tmp_path / 'key'}" in result.stdout.splitlines()
+    assert f"  auth: api_key: API key from file {tmp_path / 'key'}" in result.stdout.splitlines()
     assert KEY not in result.stdout + result.stderr

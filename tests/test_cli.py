@@ -121,7 +121,7 @@ def test_ask_succeeds(tmp_path: Path, sim_url: str) -> None:
 def test_ask_wrong_key(tmp_path: Path, sim_url: str) -> None:
     result = _ask(tmp_path, sim_url, "sk-wrong-key", 0.5)
     assert result.returncode == 1
-    assert one_line_error(result).startswith("the server rejected the API key: Incorrect API key")
+    assert one_line_error(result).startswith("the server rejected the credentials: Incorrect API key")
 
 
 def test_ask_too_short(tmp_path: Path, sim_url: str) -> None:
@@ -239,7 +239,7 @@ def test_doctor_says_what_is_wrong_and_the_fix(tmp_path: Path, sim_url: str) -> 
     result = voiced("doctor", "--config", cfg)
     assert result.returncode == 1
     out = result.stdout
-    assert "FAIL  realtime    the server rejected the API key: Incorrect API key" in out
+    assert "FAIL  realtime    the server rejected the credentials: Incorrect API key" in out
     assert "FAIL  microphone  null: 2 s, peak -inf dBFS, rms -inf dBFS (silent)" in out
     assert "fix: unmute it, raise its gain" in out
     assert "ok    speaker" in out

@@ -24,7 +24,7 @@ import trio
 from voiced import devices
 from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
-from voiced.auth import ApiKey, find_api_key
+from voiced.auth import ApiKey, find_credentials
 from voiced.broadcast import Subscription
 from voiced.config import AudioConfig, Config
 from voiced.devices.wav import WavSpeaker, read_wav
@@ -47,24 +47,60 @@ SINK_GRACE = 5.0
 
 
 def choose_url(config: Config) -> str:
-    """``realtime.url``, or when unset: OpenAI if a key is configured, else ``sim``.
+    """``realtime.url``, or when unset: OpenAI if credentials are configured, else ``sim``.
 
     Raises:
-        ConfigError: a real server is configured but no API key is.
+        ConfigError: a real server is configured but no credentials are, or the URL does not
+            fit ``auth.mode``.
     """
-    url = config.realtime.url
-    has_key = find_api_key(config) is not None
-    if url is None:
-        return OPENAI_URL if has_key else "sim"
-    if url != "sim" and not has_key:
+    url, mode = config.realtime.url, config.auth.mode
+    if mode == "azure" and url is None:
         raise ConfigError(
-            f"realtime.url is {url} but no API key is configured: set OPENAI_API_KEY "
-            "(or auth.api_key, auth.api_key_file, a systemd credential openai_api_key), "
-            "or use realtime.url: sim",
+            "required for auth.mode azure: wss://<resource>.openai.azure.com/openai/v1/realtime",
             file=config.source,
-            key="auth.api_key",
+            key="realtime.url",
         )
+    if mode == "broker" and url == "sim":
+        raise ConfigError(
+            "the built-in simulator cannot take the broker's secrets: with auth.mode broker, "
+            "leave realtime.url unset (OpenAI) or name the server the broker mints for",
+            file=config.source,
+            key="realtime.url",
+        )
+    has_credentials = find_credentials(config, url or OPENAI_URL) is not None
+    if url is None:
+        return OPENAI_URL if has_credentials else "sim"
+    if url != "sim" and not has_credentials:
+        raise ConfigError(_missing(config), file=config.source, key=_secret_key(config))
     return url
+
+
+def _secret_key(config: Config) -> str:
+    return "auth.device_token" if config.auth.mode == "broker" else "auth.api_key"
+
+
+def _missing(config: Config) -> str:
+    if config.auth.mode == "broker":
+        return (
+            f"no device token for the broker at {config.auth.broker_url}: set "
+            "auth.device_token or auth.device_token_file (from `voiced broker add-device`), "
+            "or a systemd credential voiced_device_token"
+        )
+    return (
+        f"realtime.url is {config.realtime.url} but no API key is configured: set "
+        "OPENAI_API_KEY (or auth.api_key, auth.api_key_file, a systemd credential "
+        "openai_api_key), or use realtime.url: sim"
+    )
+
+
+def describe_auth(config: Config) -> str:
+    """``auth.mode`` and where its secret comes from, never the secret (for check-config)."""
+    url = choose_url(config)
+    if url == "sim":
+        return f"{config.auth.mode}, with the simulator's own key"
+    credentials = find_credentials(config, url)
+    assert credentials is not None  # choose_url checked it
+    return f"{config.auth.mode}: {credentials.describe()}"
 
 
 def session_update(config: Config) -> p.SessionUpdate:
@@ -86,22 +122,24 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
         ConfigError: a real server is configured but no API key is.
     """
     url = choose_url(config)
-    timeout = config.realtime.connect_timeout
+    timeout, model = config.realtime.connect_timeout, config.realtime.model
     if url != "sim":
-        key = find_api_key(config)
-        assert key is not None  # choose_url checked it
-        log.info("realtime: %s, model %s, %s", url, config.realtime.model, key.describe())
-        yield Endpoint(url, config.realtime.model, key, timeout)
+        credentials = find_credentials(config, url)
+        assert credentials is not None  # choose_url checked it
+        log.info("realtime: %s, model %s, %s", url, model, credentials.describe())
+        yield Endpoint(url, model, credentials, timeout)
         return
     from voiced.sim import Simulator  # only the simulator's users pay for importing it
 
-    why = "realtime.url: sim" if config.realtime.url else "no OPENAI_API_KEY is set"
+    why = "realtime.url: sim" if config.realtime.url else "no API key is configured"
     token = secrets.token_urlsafe(16)  # the loopback server takes only this process's token
     async with trio.open_nursery() as nursery:
         port = await nursery.start(Simulator(api_key=token, pace=0.0).serve)
         sim_url = f"ws://127.0.0.1:{port}/v1/realtime"
         log.info("realtime: the simulator built into voiced at %s (%s)", sim_url, why)
-        yield Endpoint(sim_url, config.realtime.model, ApiKey(token, "the simulator"), timeout)
+        credentials = find_credentials(config, sim_url, ApiKey(token, "the simulator"))
+        assert credentials is not None  # a key was given
+        yield Endpoint(sim_url, model, credentials, timeout)
         nursery.cancel_scope.cancel()
 
 

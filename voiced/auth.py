@@ -130,9 +130,10 @@ class Brokered:
         return f"client secrets from the broker at {self.broker_url} ({via})"
 
 
-def find_credentials(config: Config, url: str) -> Credentials | None:
+def find_credentials(config: Config, url: str, key: ApiKey | None = None) -> Credentials | None:
     """The credentials of ``auth.mode`` for connecting to ``url``; None when its secret (the
-    API key, or the device token) is not configured anywhere.
+    API key, or the device token) is not configured anywhere. ``key`` stands in for the
+    configured API key (the embedded simulator's own).
 
     Raises:
         ConfigError: a file named for a secret cannot be read or is empty.
@@ -149,7 +150,7 @@ def find_credentials(config: Config, url: str) -> Credentials | None:
         ask = {"model": rt.model, "voice": rt.voice, "instructions": rt.instructions}
         assert auth.broker_url is not None  # the config checked it
         return Brokered(*found, auth.broker_url, {**ask, "ttl_s": auth.ttl_s}, timeout)
-    key = find_api_key(config)
+    key = key or find_api_key(config)
     if key is None:
         return None
     if auth.mode == "azure":
@@ -220,7 +221,9 @@ def _read_secret(path: Path, config: Config, key: str) -> str:
         ) from None  # never chain: nothing of the file may reach a traceback
     secret = lines[0].strip() if lines else ""
     if not secret:
-        raise ConfigError(f"{path} holds no {what}", file=config.source, key=key)
+        raise ConfigError(
+            f"{path} holds no {what.removeprefix('the ')}", file=config.source, key=key
+        )
     return secret
 
 

@@ -235,17 +235,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from voiced.app import choose_url
-    from voiced.auth import find_api_key
+    from voiced.app import choose_url, describe_auth
     from voiced.plugins import Plugins
 
     config = _load(args.config)
     loaded = Plugins(config).create_enabled()
     print(f"{config.source}: OK")
-    url = choose_url(config)
-    key = find_api_key(config) if url != "sim" else None
-    print(f"  realtime: {url} (model {config.realtime.model})")
-    print(f"  auth: {key.describe() if key else 'none (the simulator takes its own)'}")
+    print(f"  realtime: {choose_url(config)} (model {config.realtime.model})")
+    print(f"  auth: {describe_auth(config)}")
     print(f"  microphone: {config.audio.input.backend}; speaker: {config.audio.output.backend}")
     print(f"  plugins: {', '.join(p.spec.name for p in loaded) or 'none'}")
     return 0

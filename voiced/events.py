@@ -105,6 +105,9 @@ class ConnectionChanged:
     connected: bool
     ready: bool = False
     error: str | None = None
+    fatal: bool = False
+    """A person must act (a rejected key or device, no quota): voiced retries only now and
+    then until it works."""
 
 
 @dataclass

@@ -136,8 +136,10 @@ class Session:
             self._publish(ConnectionChanged(True))
         elif isinstance(msg, Disconnected):
             why = str(msg.error) if msg.error is not None else None
-            self._publish(ConnectionChanged(False, error=why))
-            await self._apply(self.controller.connection_lost(why or "renewing the session"))
+            fatal = msg.error is not None and msg.error.fatal
+            self._publish(ConnectionChanged(False, error=why, fatal=fatal))
+            lost = self.controller.connection_lost(why or "renewing the session", fatal=fatal)
+            await self._apply(lost)
         elif isinstance(msg, RenewSession):
             await self._apply(self.controller.renew())
         elif isinstance(msg, DeviceChanged | PluginChanged):

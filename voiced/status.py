@@ -88,6 +88,8 @@ class Status:
     ready: bool = False
     """Connected and the session configuration acknowledged: a turn can start."""
     last_error: str | None = None
+    fatal: bool = False
+    """The last connection failure needs a person (see ``ConnectionChanged.fatal``)."""
     last_turn: TurnEnded | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     """How many turns ended each way (``completed``, ``too_short``...)."""
@@ -112,6 +114,8 @@ class Status:
 
     def _shown(self) -> DaemonState:
         if not self.ready:
+            if self.fatal and self.last_error:  # a person must act: more than being offline
+                return DaemonState("error", self.last_error)
             return DaemonState("offline", self.last_error or "connecting")
         if self.device_errors:
             device, error = next(iter(self.device_errors.items()))
@@ -132,6 +136,7 @@ class Status:
             self.outcomes[event.outcome] = self.outcomes.get(event.outcome, 0) + 1
         elif isinstance(event, ConnectionChanged):
             self.connected, self.ready = event.connected, event.ready
+            self.fatal = event.fatal
             if event.connected:
                 self.last_error = None
             elif event.error is not None:

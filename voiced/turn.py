@@ -126,6 +126,7 @@ class TurnController:
         self._max_turn_s = max_turn_s
         self._on_max_turn = on_max_turn
         self._offline = "not connected to the realtime server yet"  # why not ready
+        self._fatal: str | None = None  # the fatal failure last chimed for, until ready again
         self._expired: str | None = None  # the server said the session expired
         self._renew = False  # a fresh session is wanted as soon as the daemon is idle
         self._turn_of: dict[str, int] = {}  # item or response id → turn, for transcripts
@@ -206,6 +207,7 @@ class TurnController:
             return self._error(event)
         if isinstance(event, p.SessionUpdated):
             ready, self.ready = self.ready, True
+            self._fatal = None
             return [] if ready else [Ready()]
         if isinstance(event, p.InputAudioBufferCommitted):
             self._remember(event.item_id, self.turns)
@@ -232,8 +234,16 @@ class TurnController:
             return self._end()
         return []
 
-    def connection_lost(self, why: str) -> list[Action]:
-        """The connection ended: whatever was in flight is gone with it."""
+    def connection_lost(self, why: str, *, fatal: bool = False) -> list[Action]:
+        """The connection ended: whatever was in flight is gone with it. A ``fatal`` failure
+        (a person must act) sounds the error earcon once, however often it is retried."""
+        heard = self._fatal
+        self._fatal = why if fatal else None
+        if fatal and why != heard:
+            return [Chime("error"), *self._lost(why)]
+        return self._lost(why)
+
+    def _lost(self, why: str) -> list[Action]:
         self.ready = False
         self._renew = False  # the next connection is a fresh session anyway
         expired, self._expired = self._expired, None

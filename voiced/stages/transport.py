@@ -5,10 +5,12 @@ the session configuration sent first on every connection, then a writer (client 
 a reader (server events in) around the sans-IO ``RealtimeProtocol``. It tells the session what
 happened by message: ``Connected``, ``Disconnected``, ``CommitSent``. Failures are translated once,
 here, into ``TransportError``s that say what the operator must do: a 401/403 at the handshake and
-a close with code 3000 both mean the key is wrong; 4000 means the request (model, URL) is wrong;
-1001 and abrupt loss are transient. A daemon reconnects with backoff (``voiced.backoff``); ``voiced
-ask`` does not. A ``Renew`` in the outbound stream closes the connection and opens a fresh session
-at once: the session sends it only when the turn controller says the daemon is idle.
+a close with code 3000 both mean the credentials are wrong; 4000 means the request (model, URL) is
+wrong; 1001 and abrupt loss are transient. A daemon reconnects with backoff (``voiced.backoff``):
+fast after a transient failure, slowly (minutes) after a fatal one, which a person must fix;
+``voiced ask`` does not reconnect. A ``Renew`` in the outbound stream closes the connection and
+opens a fresh session at once: the session sends it only when the turn controller says the
+daemon is idle.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ HEALTHY_AFTER = 10.0
 """Seconds a connection must last for the next outage to start again from the first delay."""
 CLOSE_TIMEOUT = 2.0
 """Seconds to wait for the server's half of the closing handshake."""
-REJECTED_RETRY = 60.0
-"""Seconds between tries when the server rejected the key or request (a person must act)."""
+FATAL_RETRY, FATAL_RETRY_MAX = 60.0, 600.0
+"""Delays in seconds after a fatal failure (a rejected key or device, no quota, a refused
+request): a person must act, so the daemon only looks again now and then, never in a loop."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,11 @@ async def run_transport(
     Raises:
         TransportError: with ``reconnect`` false, the failure that ended the connection.
     """
-    backoff = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX, healthy_after=HEALTHY_AFTER)
+    fast = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX, healthy_after=HEALTHY_AFTER)
+    slow = Backoff(start=FATAL_RETRY, cap=FATAL_RETRY_MAX, healthy_after=HEALTHY_AFTER)
     async with outbound, inbound:
         while True:
-            link = _Link(endpoint, p.RealtimeProtocol(), stats, backoff)
+            link = _Link(endpoint, p.RealtimeProtocol(), stats, (fast, slow))
             try:
                 if await _connection(link, hello, outbound, inbound):
                     return  # outbound closed: a clean shutdown
@@ -115,12 +119,11 @@ async def run_transport(
                 await inbound.send(Disconnected(exc))
                 if not reconnect:
                     raise
-                retry = backoff.failed(trio.current_time(), str(exc))
+                retry = (slow if exc.fatal else fast).failed(trio.current_time(), str(exc))
                 if retry.news:  # the same failure again is not news
-                    log.error("%s; retrying", exc)
-                rejected = isinstance(exc, AuthRejected | RequestRejected)
-                wait = REJECTED_RETRY if rejected else retry.delay
-            if await _drain_for(outbound, wait):
+                    how = f"trying again in {retry.delay / 60:.0f} min" if exc.fatal else "retrying"
+                    log.error("%s; %s", exc, how)
+            if await _drain_for(outbound, retry.delay):
                 return
 
 
@@ -223,12 +226,16 @@ class _Link:
     """One open connection: the reader and writer around the sans-IO protocol."""
 
     def __init__(
-        self, endpoint: Endpoint, proto: p.RealtimeProtocol, stats: LinkStats, backoff: Backoff
+        self,
+        endpoint: Endpoint,
+        proto: p.RealtimeProtocol,
+        stats: LinkStats,
+        backoffs: tuple[Backoff, ...],
     ) -> None:
         self.endpoint = endpoint
         self.proto = proto
         self.stats = stats
-        self.backoff = backoff
+        self.backoffs = backoffs
         self.ws: tw.WebSocketConnection
         self.scope: trio.CancelScope
         self.closed: tw.ConnectionClosed | None = None
@@ -260,7 +267,8 @@ class _Link:
                     await self.ws.send_message(self.proto.send(hello))
                     self.stats.events_sent += 1
                     self.stats.connects += 1
-                    self.backoff.succeeded(trio.current_time())
+                    for backoff in self.backoffs:
+                        backoff.succeeded(trio.current_time())
                     sid = event.session.get("id")
                     log.info("connected to %s (session %s)", self.endpoint.url, sid)
                     await inbound.send(Connected(sid if isinstance(sid, str) else None))
@@ -297,8 +305,8 @@ def _why(exc: BaseException) -> str:
 def _rejected(endpoint: Endpoint, status: int) -> TransportError:
     if status in (401, 403):
         return AuthRejected(
-            f"the server rejected the API key (HTTP {status} at {endpoint.url}): "
-            "check auth.api_key / OPENAI_API_KEY"
+            f"the server rejected the credentials (HTTP {status} at {endpoint.url}; "
+            f"{endpoint.credentials.describe()}): check auth"
         )
     if status == 404:
         return RequestRejected(
@@ -313,7 +321,8 @@ def _closed(
     code = reason.code if reason else None
     said = error.message if error else (reason.reason or reason.name if reason else "no reason")
     if code == 3000:
-        return AuthRejected(f"the server rejected the API key: {said} (check auth.api_key)")
+        how = endpoint.credentials.describe()
+        return AuthRejected(f"the server rejected the credentials: {said} ({how}; check auth)")
     if code == 4000:
         return RequestRejected(
             f"the server refused the request: {said} (check realtime.model and realtime.url)"
