@@ -24,11 +24,14 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
 
 
-def test_the_sources_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sources_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_directory: Path
+) -> None:
     credentials = tmp_path / "creds"
     credentials.mkdir()
     (credentials / "openai_api_key").write_text("from-credential\n")
-    (tmp_path / "key").write_text("from-file\nignored second line\n")
+    state_directory.mkdir()  # a relative key file is in the state directory, like every path
+    (state_directory / "key").write_text("from-file\nignored second line\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     path = config_file(tmp_path, "auth: {api_key: from-config, api_key_file: key}\n")
     os.chmod(path, 0o600)

@@ -69,7 +69,7 @@ def choose_url(config: Config) -> str:
         )
     has_credentials = find_credentials(config, url or OPENAI_URL) is not None
     if url is None:
-        return OPENAI_URL if has_credentials else "sim"
+        url = OPENAI_URL if has_credentials or mode == "broker" else "sim"
     if url != "sim" and not has_credentials:
         raise ConfigError(_missing(config), file=config.source, key=_secret_key(config))
     return url

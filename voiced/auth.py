@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from voiced.config import Config
 from voiced.errors import ConfigError
+from voiced.saved import resolve
 
 log = logging.getLogger("voiced.auth")
 
@@ -203,7 +204,8 @@ def find_secret(
         _warn_if_readable(config, value, key)
         return value, key
     if file:
-        return _read_secret(Path(file), config, f"{key}_file"), f"file {file}"
+        path = resolve(file, config.state_dir)
+        return _read_secret(path, config, f"{key}_file"), f"file {file}"
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory and (path := Path(directory) / credential).is_file():
         return _read_secret(path, config, f"{key}_file"), f"systemd credential {credential}"
@@ -249,4 +251,4 @@ def _warn_if_readable(config: Config, secret: str, key: str) -> None:
 
 
 def _what(key: str) -> str:
-    return "the device token" if key.endswith("device_token") else "the API key"
+    return "the device token" if "device_token" in key else "the API key"
