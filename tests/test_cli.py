@@ -121,7 +121,9 @@ def test_ask_succeeds(tmp_path: Path, sim_url: str) -> None:
 def test_ask_wrong_key(tmp_path: Path, sim_url: str) -> None:
     result = _ask(tmp_path, sim_url, "sk-wrong-key", 0.5)
     assert result.returncode == 1
-    assert one_line_error(result).startswith("the server rejected the credentials: Incorrect API key")
+    assert one_line_error(result).startswith(
+        "the server rejected the credentials: Incorrect API key"
+    )
 
 
 def test_ask_too_short(tmp_path: Path, sim_url: str) -> None:

@@ -139,8 +139,10 @@ def _logging(debug: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("trio-websocket", "voiced.http.server"):
+    for noisy in ("trio-websocket", "voiced.http.server", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # hpack (HTTP/2 headers, under hypercorn) logs every header it decodes, bearer tokens too.
+    logging.getLogger("hpack").setLevel(logging.WARNING)
 
 
 def _load(path: str | None) -> Config:

@@ -130,7 +130,7 @@ async def open_pipeline(
     )
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)
     broadcast = Broadcast()
-    status = Status(endpoint.url, endpoint.model)
+    status = Status(endpoint.url, endpoint.model, endpoint.credentials.describe())
     stats = LinkStats()
     # Device failures and recoveries reach the session as messages, and every sink as events.
     if microphone is not None:

@@ -82,6 +82,8 @@ class Status:
 
     url: str
     model: str
+    auth: str = ""
+    """How voiced authenticates (``Credentials.describe()``: never a secret)."""
     state: State = State.IDLE
     turns: int = 0
     connected: bool = False
@@ -173,9 +175,10 @@ class Status:
             "turns": self.turns,
             "connected": self.connected,
             "ready": self.ready,
-            "realtime": {"url": self.url, "model": self.model},
+            "realtime": {"url": self.url, "model": self.model, "auth": self.auth},
             "audio": {role: dict(stats()) for role, stats in devices.items()},
             "last_error": self.last_error,
+            "fatal": self.fatal,
             "last_turn": None
             if last is None
             else {

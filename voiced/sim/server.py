@@ -5,18 +5,20 @@
 the HTTP-level handshake (a wrong path, or a faulted gateway, is rejected before the upgrade), the
 reader loop, one task per streaming response paced on trio's clock (so ``autojump_clock`` makes it
 instant and deterministic), session expiry, and closing the socket with the codes the real server
-uses. Every connection is recorded as a :class:`SimConnection` for tests and logs.
+uses. Every connection is recorded as a :class:`SimConnection` for tests and logs. The same port
+serves the client-secret endpoint (:mod:`voiced.sim.http`); each mint is recorded as a
+:class:`~voiced.sim.mint.SimMint`, and its secret opens sessions until it expires.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -25,6 +27,8 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from voiced.sim.http import ReplayStream, answer, read_head
+from voiced.sim.mint import MINT_PATHS, Minter, SimMint, status_phrase
 from voiced.sim.response import ResponseRun
 from voiced.sim.session import Outcome, SimSession
 
@@ -33,7 +37,8 @@ logger = logging.getLogger("voiced.sim")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """Frames up to this size are accepted: an append may carry 15 MiB of base64 (protocol §6)."""
 HANDSHAKE_TIMEOUT_S = 10.0
-"""How long a new stream may take to send its HTTP upgrade request."""
+"""How long a new stream may take to send its HTTP upgrade request (or to be answered, for a
+plain HTTP request)."""
 CLOSE_TIMEOUT_S = 5.0
 """How long the server waits for the client's half of a closing handshake."""
 
@@ -60,6 +65,12 @@ class SimFaults:
     omit_response_fields: bool = False
     """Leave ``id`` and ``status`` out of the ``response`` of ``response.created`` and
     ``response.done`` (the SDK types both optional; a client must still handle the events)."""
+    mint_status: int | None = None
+    """Answer every client-secret request that has the right key with this HTTP status and an
+    OpenAI-style error (e.g. 429, 500) instead of minting; read at each request."""
+    mint_code: str | None = None
+    """The ``error.code`` of the ``mint_status`` answer (e.g. ``insufficient_quota``,
+    ``rate_limit_exceeded``; None: null)."""
 
 
 @dataclass(eq=False)
@@ -108,7 +119,8 @@ class Simulator:
     """A server speaking the GA Realtime protocol, so voiced runs with no key and no network.
 
     Args:
-        api_key: the only bearer token accepted.
+        api_key: the key accepted on the socket (as a bearer token, or Azure's ``api-key``
+            header) and the only one that may mint client secrets.
         pace: wall seconds per second of reply audio (0: as fast as possible, 1.0: real time).
         chunk_ms: reply audio per ``response.output_audio.delta``.
         think: seconds (trio clock) from ``response.create`` to the response's first event, as
@@ -119,6 +131,9 @@ class Simulator:
         faults: fault switches; ``Simulator.faults`` stays mutable.
         preamble_ms: sets ``faults.preamble_ms`` (when not 0).
         omit_response_fields: sets ``faults.omit_response_fields`` (when true).
+        clock: the wall clock, Unix seconds: the ``expires_at`` of sessions and client secrets,
+            and whether a secret is still valid when a connection presents it. A test may pass
+            its own to move time forward.
     """
 
     def __init__(
@@ -132,6 +147,7 @@ class Simulator:
         faults: SimFaults | None = None,
         preamble_ms: int = 0,
         omit_response_fields: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if pace < 0 or think < 0:
             raise ValueError(f"pace and think must be >= 0, got {pace} and {think}")
@@ -150,6 +166,13 @@ class Simulator:
         self._think = think
         self._jitter = jitter
         self._chunk_ms = chunk_ms
+        self._clock = clock
+        self._minter = Minter(api_key=api_key, clock=clock)
+
+    @property
+    def mints(self) -> list[SimMint]:
+        """Every successful client-secret mint, in order."""
+        return self._minter.mints
 
     async def serve(
         self,
@@ -166,18 +189,41 @@ class Simulator:
                 await extra.aclose()
             listeners = listeners[:1]
         bound: int = listeners[0].socket.getsockname()[1]
-        logger.info("simulator listening on %s:%d", host, bound)
+        logger.info(
+            "simulator listening on %s:%d (WebSocket /v1/realtime, POST %s)",
+            host,
+            bound,
+            MINT_PATHS[0],
+        )
         task_status.started(bound)
         await trio.serve_listeners(self.handle_stream, listeners)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection over ``stream`` until it ends; closes ``stream``."""
+        """Serve one connection over ``stream`` until it ends; closes ``stream``.
+
+        A WebSocket upgrade becomes a session; any other request is answered as plain HTTP
+        (the client-secret endpoint), then the connection closes.
+        """
         async with stream, trio.open_nursery() as nursery:
             request: WebSocketRequest | None = None
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=MAX_MESSAGE_BYTES
-                )
+            with (
+                trio.move_on_after(HANDSHAKE_TIMEOUT_S),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                head = await read_head(stream)
+                if head is not None and head.is_websocket:
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, ReplayStream(stream, head.raw), max_message_size=MAX_MESSAGE_BYTES
+                    )
+                elif head is not None:
+                    faults = self.faults
+                    await answer(
+                        stream,
+                        head,
+                        self._minter,
+                        fault_status=faults.mint_status,
+                        fault_code=faults.mint_code,
+                    )
             if request is not None:
                 await self._handle_request(request)
             # Stops trio-websocket's reader task, which lives in this nursery.
@@ -191,17 +237,18 @@ class Simulator:
         faults = dataclasses.replace(self.faults)  # this connection's switches
         status = faults.handshake_status
         if status is not None:
-            await _reject(request, status, _status_phrase(status))
+            await _reject(request, status, status_phrase(status))
             return
         number = len(self.connections) + 1
         session = SimSession(
             api_key=self._api_key,
             session_id=f"sess_{number:04d}",
             chunk_ms=self._chunk_ms,
-            now=time.time(),
+            now=self._clock(),
             uneven=self._jitter > 0,
             preamble_ms=faults.preamble_ms,
             omit_response_fields=faults.omit_response_fields,
+            secrets=self._minter.secrets,
         )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -376,13 +423,6 @@ class _Handler:
     async def _expire(self, deadline: float, nursery: trio.Nursery) -> None:
         await trio.sleep_until(deadline)
         await self._apply(self._session.expire(), nursery)
-
-
-def _status_phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
 
 
 async def _reject(request: WebSocketRequest, status: int, message: str) -> None:

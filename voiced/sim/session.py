@@ -19,8 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voiced.sim.auth import credential, key_problem
+from voiced.sim.auth import mask_key as mask_key
 from voiced.sim.config import BYTES_PER_MS, apply_update, check_voice, default_session
 from voiced.sim.conversation import Conversation, Item
+from voiced.sim.mint import SimMint
 from voiced.sim.response import (
     PREAMBLE_TRANSCRIPT,
     ResponseRun,
@@ -39,11 +42,6 @@ SILENCE_MS = 500
 
 SESSION_EXPIRED = "Your session hit the maximum duration of 60 minutes."
 AUTH_CLOSE_REASON = "invalid_request_error.invalid_api_key"
-_NO_KEY = (
-    "You didn't provide an API key. You need to provide your API key in an Authorization header "
-    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
-    "https://platform.openai.com/account/api-keys."
-)
 _BETA_SHAPE = (
     "The Realtime API beta shape is no longer supported. Remove the 'OpenAI-Beta: realtime=v1' "
     "header to use the GA interface."
@@ -63,11 +61,6 @@ class Outcome:
     """This response was asked to stop: wake it if it is pausing between deltas."""
 
 
-def mask_key(key: str) -> str:
-    """Show a key the way the real error does, never in full."""
-    return f"{key[:5]}***{key[-2:]}" if len(key) >= 8 else "***"
-
-
 class SimSession:
     """The protocol state of one simulated connection.
 
@@ -81,6 +74,9 @@ class SimSession:
             the answer item (see :mod:`voiced.sim.response`).
         omit_response_fields: leave ``id`` and ``status`` out of the ``response`` of
             ``response.created`` and ``response.done``.
+        secrets: client secrets minted for this key, by value; one whose ``expires_at`` is
+            after ``now`` is accepted as the bearer token too, and the session starts with its
+            configuration.
     """
 
     def __init__(
@@ -93,6 +89,7 @@ class SimSession:
         uneven: bool = False,
         preamble_ms: int = 0,
         omit_response_fields: bool = False,
+        secrets: Mapping[str, SimMint] | None = None,
     ) -> None:
         if preamble_ms < 0:
             raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
@@ -113,6 +110,8 @@ class SimSession:
         self._uneven = uneven
         self._preamble_ms = preamble_ms
         self._omit_response_fields = omit_response_fields
+        self._secrets: Mapping[str, SimMint] = secrets if secrets is not None else {}
+        self._now = now
         self._expires_at = int(now) + SESSION_DURATION_S
         self._buffer = bytearray()
         self._counters: dict[str, itertools.count[int]] = {}
@@ -148,20 +147,25 @@ class SimSession:
         return stamped
 
     def open(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Outcome:
-        """Check an accepted upgrade (header names lower-cased); ``session.created`` or a close."""
-        scheme, _, key = headers.get("authorization", "").partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            return _fatal(Problem(None, _NO_KEY), 3000, AUTH_CLOSE_REASON)
-        if key != self._api_key:
-            message = (
-                f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys."
-            )
-            return _fatal(Problem("invalid_api_key", message), 3000, AUTH_CLOSE_REASON)
+        """Check an accepted upgrade (header names lower-cased); ``session.created`` or a close.
+
+        The key is the API key (as a bearer token or Azure's ``api-key``) or, as a bearer token,
+        a client secret still valid at ``now``; a secret's session gives the model, so the query
+        needs none.
+        """
+        key = credential(headers)
+        minted = self._secrets.get(key) if "authorization" in headers else None
+        if minted is not None and self._now >= minted.expires_at:
+            minted = None
+        if minted is None and (not key or key != self._api_key):
+            return _fatal(key_problem(key), 3000, AUTH_CLOSE_REASON)
         if "realtime=v1" in headers.get("openai-beta", ""):
             problem = Problem("beta_api_shape_disabled", _BETA_SHAPE)
             return _fatal(problem, 4000, "invalid_request_error.beta_api_shape_disabled")
+        if minted is not None:
+            self.config = copy.deepcopy(minted.session)
+            self.config.update(id=self._session_id, expires_at=self._expires_at)
+            return Outcome([{"type": "session.created", "session": self.config}])
         model = query.get("model", "")
         if not model:
             problem = Problem("missing_model", "Missing required parameter: 'model'.", "model")
