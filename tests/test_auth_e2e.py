@@ -14,14 +14,33 @@ import trio.testing
 from tests.conftest import SIM_KEY, RunningSim, free_port
 from tests.test_daemon import daemon
 from voiced.events import ConnectionChanged, DaemonState, Event
+from voiced.pipeline import Pipeline
 
 WRONG = "sk-wrong-0123456789"
 
 
-async def until_ready(events: trio.abc.ReceiveChannel[Event]) -> None:
+async def first_ready(pipe: Pipeline, events: trio.abc.ReceiveChannel[Event]) -> None:
+    """Until the daemon is ready, whether it was before the test subscribed or after."""
+    if not pipe.status()["ready"]:
+        await until_ready(events)
+
+
+async def until_ready(events: trio.abc.ReceiveChannel[Event]) -> ConnectionChanged:
     async for event in events:
         if isinstance(event, ConnectionChanged) and event.ready:
-            return
+            return event
+    raise AssertionError("events ended")
+
+
+async def first_failure(
+    pipe: Pipeline, events: trio.abc.ReceiveChannel[Event]
+) -> ConnectionChanged:
+    """The first failure to connect, whether it came before the test subscribed (it is in the
+    status then) or after."""
+    status = pipe.status()
+    if status["last_error"] is not None:
+        return ConnectionChanged(False, error=status["last_error"], fatal=status["fatal"])
+    return await next_failure(events)
 
 
 async def next_failure(events: trio.abc.ReceiveChannel[Event]) -> ConnectionChanged:
@@ -37,7 +56,7 @@ async def test_ephemeral_connects_with_a_secret_minted_for_each_connection(
     auth = f"{{mode: ephemeral, api_key: {SIM_KEY}, ttl_s: 30}}"
     with trio.fail_after(20):
         async with daemon(tmp_path, sim.url, auth=auth) as (pipe, http, events):
-            await until_ready(events)
+            await first_ready(pipe, events)
             (mint,) = sim.sim.mints
             assert mint.seconds == 30
             assert mint.session["model"] == "gpt-realtime-2"
@@ -64,8 +83,8 @@ async def test_azure_sends_the_api_key_header(nursery: trio.Nursery, tmp_path: P
     url = f"ws://127.0.0.1:{port}/openai/v1/realtime"
     with trio.fail_after(20):
         async with daemon(tmp_path, url, auth=f"{{mode: azure, api_key: {SIM_KEY}}}") as run:
-            _pipe, _http, events = run
-            await until_ready(events)
+            pipe, _http, events = run
+            await first_ready(pipe, events)
     (conn,) = simulator.connections
     assert conn.headers["api-key"] == SIM_KEY
     assert "authorization" not in conn.headers
@@ -94,8 +113,8 @@ async def test_a_refused_mint_is_fatal_or_transient_by_what_it_says(
     sim.sim.faults.mint_status, sim.sim.faults.mint_code = status_code, code
     auth = f"{{mode: ephemeral, api_key: {key}}}"
     with trio.fail_after(600):
-        async with daemon(tmp_path, sim.url, auth=auth) as (_pipe, http, events):
-            failure = await next_failure(events)
+        async with daemon(tmp_path, sim.url, auth=auth) as (pipe, http, events):
+            failure = await first_failure(pipe, events)
             assert failure.fatal is fatal
             assert (failure.error or "").startswith(said)
             await trio.testing.wait_all_tasks_blocked()
@@ -119,8 +138,8 @@ async def test_a_refused_mint_is_fatal_or_transient_by_what_it_says(
 async def test_the_embedded_simulator_mints_too(tmp_path: Path) -> None:
     """``auth.mode: ephemeral`` with no key and no URL runs on the built-in simulator, minting."""
     with trio.fail_after(20):
-        async with daemon(tmp_path, "sim", auth="{mode: ephemeral}") as (_pipe, http, events):
-            await until_ready(events)
+        async with daemon(tmp_path, "sim", auth="{mode: ephemeral}") as (pipe, http, events):
+            await first_ready(pipe, events)
             status = (await http.get("/status")).json()
     assert status["realtime"]["auth"].startswith("client secrets minted at http://127.0.0.1:")
     assert status["realtime"]["auth"].endswith("(API key from the simulator)")
@@ -131,7 +150,7 @@ async def test_an_unreachable_mint_endpoint_is_transient(tmp_path: Path) -> None
     url = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     with trio.fail_after(20):
         async with daemon(tmp_path, url, auth=f"{{mode: ephemeral, api_key: {SIM_KEY}}}") as run:
-            _pipe, _http, events = run
-            failure = await next_failure(events)
+            pipe, _http, events = run
+            failure = await first_failure(pipe, events)
     assert not failure.fatal
     assert (failure.error or "").startswith("cannot reach OpenAI at http://127.0.0.1:")
