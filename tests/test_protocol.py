@@ -810,6 +810,11 @@ MALFORMED: list[tuple[str, str | bytes, str]] = [
         r"^server sent a frame that is not JSON: 'utf-8' codec can't decode byte 0x80",
     ),
     (
+        "nested-deep",  # valid JSON: json.loads raises RecursionError, not ValueError
+        '{"type": "error", "error": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        exactly("server sent JSON nested too deeply to parse"),
+    ),
+    (
         "no-type",
         '{"event_id": "e"}',
         exactly("server sent an event with no type: {'event_id': 'e'}"),

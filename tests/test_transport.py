@@ -6,16 +6,19 @@ Timeouts and backoff run on trio's ``autojump_clock``: virtual time, no waiting.
 from __future__ import annotations
 
 import itertools
+import json
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
+import trio_websocket as tw
 
 from tests.conftest import SIM_KEY
+from tests.netproxy import NetProxy
 from voiced import protocol as p
 from voiced.auth import ApiKey
-from voiced.errors import ServerUnreachable
+from voiced.errors import ServerUnreachable, TransportError
 from voiced.messages import Connected, Disconnected, TransportNews
 from voiced.sim import Simulator
 from voiced.stages.transport import Endpoint, LinkStats, Renew, run_transport
@@ -165,3 +168,78 @@ async def test_renew_closes_and_opens_a_fresh_session_at_once(
     await sim.connections[0].closed.wait()
     assert sim.connections[0].close_code is None  # the client closed the old one
     await out_send.aclose()
+
+
+async def _until(in_recv: trio.MemoryReceiveChannel[TransportNews], kind: type) -> TransportNews:
+    async for news in in_recv:
+        if isinstance(news, kind):
+            return news
+    raise AssertionError("the transport ended")
+
+
+async def test_a_dead_link_is_noticed_within_ten_seconds(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The cable is pulled: no close, no error, just silence. A ping that gets no pong says so
+    within 10 s, and once the network is back the daemon is connected again."""
+    sim = Simulator(api_key=SIM_KEY)
+    proxy = NetProxy(await nursery.start(sim.serve))
+    await nursery.start(proxy.serve)
+    endpoint = Endpoint(proxy.url, "m", ApiKey(SIM_KEY))
+    _out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](1)
+    in_send, in_recv = trio.open_memory_channel[TransportNews](64)
+    nursery.start_soon(
+        lambda: run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=True)
+    )
+    with trio.fail_after(120):
+        await _until(in_recv, p.SessionUpdated)
+        await trio.sleep(60)  # a quiet minute of pings answered: nothing happens
+        proxy.cut()
+        cut = trio.current_time()
+        lost = await _until(in_recv, Disconnected)
+        noticed = trio.current_time() - cut
+        proxy.heal()
+        await _until(in_recv, p.SessionUpdated)
+    assert isinstance(lost, Disconnected)
+    assert str(lost.error) == f"{proxy.url} did not answer a ping in 5 s"
+    assert 5 <= noticed <= 10
+    assert proxy.accepted == 2
+
+
+@pytest.mark.parametrize(
+    ("says", "error"),
+    [
+        ([], r"^no session.created from ws://127.0.0.1:\d+/v1/realtime in 3 s$"),
+        ([{"type": "session.created", "session": {}}], r"^no session.updated from .* in 3 s$"),
+        (
+            [
+                {"type": "session.created", "session": {}},
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "bad voice"},
+                },
+            ],
+            r"^the server refused the session configuration: bad voice$",
+        ),
+    ],
+)
+async def test_a_server_that_accepts_and_then_says_nothing_is_not_waited_on(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, says: list[object], error: str
+) -> None:
+    async def mute(request: tw.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for event in says:
+            await ws.send_message(json.dumps(event))
+        await trio.sleep_forever()
+
+    server = await nursery.start(
+        partial(tw.serve_websocket, mute, "127.0.0.1", 0, ssl_context=None)
+    )
+    port = server.port
+    endpoint = Endpoint(
+        f"ws://127.0.0.1:{port}/v1/realtime", "m", ApiKey(SIM_KEY), connect_timeout=3
+    )
+    _out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](1)
+    in_send, _in_recv = trio.open_memory_channel[TransportNews](64)
+    with trio.fail_after(30), pytest.raises(TransportError, match=error):
+        await run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=False)

@@ -206,6 +206,8 @@ class RealtimeProtocol:
             data = json.loads(text)
         except ValueError as exc:
             raise RemoteProtocolError(f"server sent a frame that is not JSON: {exc}") from exc
+        except RecursionError:  # valid JSON nested deeper than Python can parse
+            raise RemoteProtocolError("server sent JSON nested too deeply to parse") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise RemoteProtocolError(f"server sent an event with no type: {str(data)[:200]}")
         kind: str = data["type"]

@@ -16,6 +16,7 @@ daemon is idle.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -48,6 +49,9 @@ HEALTHY_AFTER = 10.0
 """Seconds a connection must last for the next outage to start again from the first delay."""
 CLOSE_TIMEOUT = 2.0
 """Seconds to wait for the server's half of the closing handshake."""
+PING_INTERVAL, PONG_TIMEOUT = 5.0, 5.0
+"""A WebSocket ping every ``PING_INTERVAL`` seconds; no pong within ``PONG_TIMEOUT`` means the
+link is dead, so a dead link is noticed within 10 seconds, even between turns."""
 FATAL_RETRY, FATAL_RETRY_MAX = 60.0, 600.0
 """Delays in seconds after a fatal failure (a rejected key or device, no quota, a refused
 request): a person must act, so the daemon only looks again now and then, never in a loop."""
@@ -162,6 +166,7 @@ async def _connection(
             async with trio.open_nursery() as nursery:
                 link.scope = nursery.cancel_scope
                 nursery.start_soon(link.write, outbound, inbound)
+                nursery.start_soon(link.heartbeat)
                 await link.read(hello, inbound)
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await link.ws.aclose()
@@ -176,6 +181,7 @@ async def _connection(
         # trio-websocket leaves the stream open when the server closes first or rejects the
         # upgrade; it is ours, so close it whatever happened.
         await trio.aclose_forcefully(stream)
+    failure = failure or link.failure
     if failure is not None:
         raise failure
     if link.renewing:
@@ -243,18 +249,48 @@ class _Link:
         """Closed on purpose for a fresh session."""
         self.last_error: p.ErrorEvent | None = None
         """The last ``error`` event: what a fatal close that follows it means."""
+        self.failure: TransportError | None = None
+        """Why this side gave up on a link that is still open (silence, a dead link)."""
+        self.created = False
+        """``session.created`` arrived."""
 
     def _lost(self, exc: tw.ConnectionClosed) -> None:
         if self.closed is None:
             self.closed = exc
         self.scope.cancel()
 
+    def _fail(self, failure: TransportError) -> None:
+        if self.failure is None:
+            self.failure = failure
+        self.scope.cancel()
+
+    async def heartbeat(self) -> None:
+        """Ping now and then; a pong that does not come means the link is dead."""
+        try:
+            while True:
+                await trio.sleep(PING_INTERVAL)
+                with trio.move_on_after(PONG_TIMEOUT):
+                    await self.ws.ping()
+                    continue
+                url = self.endpoint.url
+                self._fail(ConnectionLost(f"{url} did not answer a ping in {PONG_TIMEOUT:.0f} s"))
+                return
+        except tw.ConnectionClosed as exc:
+            self._lost(exc)
+
     async def read(
         self, hello: p.SessionUpdate, inbound: trio.abc.SendChannel[TransportNews]
     ) -> None:
+        # The session must be created, then configured, each within the connect timeout: a
+        # server that accepts the socket and then says nothing is not waited on forever.
+        deadline = trio.current_time() + self.endpoint.connect_timeout
         try:
             while True:
-                text = await self.ws.get_message()
+                with trio.move_on_at(deadline) as waiting:
+                    text = await self.ws.get_message()
+                if waiting.cancelled_caught:
+                    self._fail(self._unconfigured())
+                    return
                 try:
                     event = self.proto.receive(text)
                 except RemoteProtocolError as exc:
@@ -263,7 +299,11 @@ class _Link:
                 self.stats.events_received += 1
                 if isinstance(event, p.ErrorEvent):
                     self.last_error = event
+                elif isinstance(event, p.SessionUpdated):
+                    deadline = math.inf
                 elif isinstance(event, p.SessionCreated):
+                    deadline = trio.current_time() + self.endpoint.connect_timeout
+                    self.created = True
                     await self.ws.send_message(self.proto.send(hello))
                     self.stats.events_sent += 1
                     self.stats.connects += 1
@@ -275,6 +315,18 @@ class _Link:
                 await inbound.send(event)
         except tw.ConnectionClosed as exc:
             self._lost(exc)
+
+    def _unconfigured(self) -> TransportError:
+        """Why the session was not ready in time."""
+        timeout = self.endpoint.connect_timeout
+        if self.created:
+            if self.last_error is not None:  # it refused the configuration: a person must act
+                said = self.last_error.message
+                return RequestRejected(f"the server refused the session configuration: {said}")
+            return ServerUnreachable(
+                f"no session.updated from {self.endpoint.url} in {timeout:g} s"
+            )
+        return ServerUnreachable(f"no session.created from {self.endpoint.url} in {timeout:g} s")
 
     async def write(
         self,
