@@ -114,12 +114,16 @@ def snapshot(status: Status, dropped: dict[str, int] | None = None) -> dict[str,
     ],
 )
 def test_state_and_turns(events: list[Event], expected: dict[str, object]) -> None:
-    status = Status("ws://sim/v1/realtime", "gpt-realtime")
+    status = Status("ws://sim/v1/realtime", "gpt-realtime", "API key from auth.api_key")
     for event in events:
         status.apply(event)
     out = snapshot(status)
     assert {k: out[k] for k in expected} == expected
-    assert out["realtime"] == {"url": "ws://sim/v1/realtime", "model": "gpt-realtime"}
+    assert out["realtime"] == {
+        "url": "ws://sim/v1/realtime",
+        "model": "gpt-realtime",
+        "auth": "API key from auth.api_key",
+    }
 
 
 def test_outcomes_and_last_turn() -> None:
