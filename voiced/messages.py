@@ -75,7 +75,7 @@ Inbound = (
 )
 """Everything the session task reads, from every producer."""
 
-TransportNews = p.ServerEvent | Connected | Disconnected | CommitSent
+TransportNews = p.ServerEvent | Connected | Disconnected | CommitSent | RenewSession
 """What the transport sends the session."""
 PlaybackNews = EndOfReply | PlaybackStarted
 """What the speaker's task sends the session."""

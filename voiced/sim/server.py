@@ -30,7 +30,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from voiced.sim.http import ReplayStream, answer, read_head
 from voiced.sim.mint import MINT_PATHS, Minter, SimMint, status_phrase
 from voiced.sim.response import ResponseRun
-from voiced.sim.session import Outcome, SimSession
+from voiced.sim.session import SESSION_DURATION_S, Outcome, SimSession
 
 logger = logging.getLogger("voiced.sim")
 
@@ -50,7 +50,8 @@ class SimFaults:
     handshake_status: int | None = None
     """Reject the HTTP upgrade with this status (e.g. 401), like a proxy or gateway would."""
     expire_after: float | None = None
-    """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001."""
+    """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001; the
+    session's ``expires_at`` says so (None: an hour, and the session is never ended)."""
     fail_event: str | None = None
     """Answer client events of this type (all, or the first ``fail_count``) with a
     ``server_error`` carrying the event's ``event_id``, instead of handling them (they are still
@@ -249,6 +250,7 @@ class Simulator:
             preamble_ms=faults.preamble_ms,
             omit_response_fields=faults.omit_response_fields,
             secrets=self._minter.secrets,
+            duration_s=faults.expire_after or SESSION_DURATION_S,
         )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")

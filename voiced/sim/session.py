@@ -74,6 +74,7 @@ class SimSession:
             the answer item (see :mod:`voiced.sim.response`).
         omit_response_fields: leave ``id`` and ``status`` out of the ``response`` of
             ``response.created`` and ``response.done``.
+        duration_s: how long the session may last: its ``expires_at`` is ``now`` plus this.
         secrets: client secrets minted for this key, by value; one whose ``expires_at`` is
             after ``now`` is accepted as the bearer token too, and the session starts with its
             configuration.
@@ -90,6 +91,7 @@ class SimSession:
         preamble_ms: int = 0,
         omit_response_fields: bool = False,
         secrets: Mapping[str, SimMint] | None = None,
+        duration_s: float = SESSION_DURATION_S,
     ) -> None:
         if preamble_ms < 0:
             raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
@@ -112,7 +114,7 @@ class SimSession:
         self._omit_response_fields = omit_response_fields
         self._secrets: Mapping[str, SimMint] = secrets if secrets is not None else {}
         self._now = now
-        self._expires_at = int(now) + SESSION_DURATION_S
+        self._expires_at = int(now + duration_s)
         self._buffer = bytearray()
         self._counters: dict[str, itertools.count[int]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], Outcome | Problem]] = {

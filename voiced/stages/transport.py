@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
+import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -35,7 +36,7 @@ from voiced.errors import (
     ServerUnreachable,
     TransportError,
 )
-from voiced.messages import CommitSent, Connected, Disconnected, TransportNews
+from voiced.messages import CommitSent, Connected, Disconnected, RenewSession, TransportNews
 
 log = logging.getLogger("voiced.transport")
 
@@ -49,6 +50,9 @@ HEALTHY_AFTER = 10.0
 """Seconds a connection must last for the next outage to start again from the first delay."""
 CLOSE_TIMEOUT = 2.0
 """Seconds to wait for the server's half of the closing handshake."""
+RENEW_BEFORE = 300.0
+"""Seconds before a session's ``expires_at`` the daemon asks for a fresh one (taken as soon as
+it is idle), so a person never meets the server's session limit mid-turn."""
 PING_INTERVAL, PONG_TIMEOUT = 5.0, 5.0
 """A WebSocket ping every ``PING_INTERVAL`` seconds; no pong within ``PONG_TIMEOUT`` means the
 link is dead, so a dead link is noticed within 10 seconds, even between turns."""
@@ -164,6 +168,7 @@ async def _connection(
             link.ws = await _handshake(websocket, stream, endpoint, headers)
             # Both our tasks catch the close themselves: it leaves as one TransportError too.
             async with trio.open_nursery() as nursery:
+                link.nursery = nursery
                 link.scope = nursery.cancel_scope
                 nursery.start_soon(link.write, outbound, inbound)
                 nursery.start_soon(link.heartbeat)
@@ -243,6 +248,7 @@ class _Link:
         self.stats = stats
         self.backoffs = backoffs
         self.ws: tw.WebSocketConnection
+        self.nursery: trio.Nursery
         self.scope: trio.CancelScope
         self.closed: tw.ConnectionClosed | None = None
         self.renewing = False
@@ -311,10 +317,22 @@ class _Link:
                         backoff.succeeded(trio.current_time())
                     sid = event.session.get("id")
                     log.info("connected to %s (session %s)", self.endpoint.url, sid)
+                    expires_at = event.session.get("expires_at")
+                    if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+                        self.nursery.start_soon(self._renew_before, expires_at, inbound)
                     await inbound.send(Connected(sid if isinstance(sid, str) else None))
                 await inbound.send(event)
         except tw.ConnectionClosed as exc:
             self._lost(exc)
+
+    async def _renew_before(
+        self, expires_at: float, inbound: trio.abc.SendChannel[TransportNews]
+    ) -> None:
+        """Ask for a fresh session ``RENEW_BEFORE`` seconds before this one expires (or half
+        way, for a short one)."""
+        left = expires_at - time.time()
+        await trio.sleep(max(0.0, left - min(RENEW_BEFORE, left / 2)))
+        await inbound.send(RenewSession())
 
     def _unconfigured(self) -> TransportError:
         """Why the session was not ready in time."""
