@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import SIM_KEY, free_port, tone, write_wav
 
-COMMANDS = ["run", "ask", "sim", "devices", "doctor", "check-config", "plugins"]
+COMMANDS = ["run", "ask", "sim", "devices", "doctor", "check-config", "plugins", "broker"]
 
 
 def voiced(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -202,7 +202,7 @@ def test_the_key_never_reaches_the_logs(tmp_path: Path, sim_url: str) -> None:
         ),
         (
             ["bogus"],
-            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'doctor', 'check-config', 'plugins') (see 'voiced --help')",
+            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'doctor', 'check-config', 'plugins', 'broker') (see 'voiced --help')",
         ),
     ],
 )

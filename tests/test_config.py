@@ -201,7 +201,7 @@ def test_post_init_errors_are_located(tmp_path: Path, text: str, expected: str) 
         (
             "realtime:\n  vocie: x\n",
             "2: realtime.vocie: unknown key (known: url, model, voice, "
-            "instructions, transcription, connect_timeout) — did you mean 'voice'?",
+            "instructions, transcription, connect_timeout, reply_timeout_s) — did you mean 'voice'?",
         ),
         (
             "realtime:\n  connect_timeout: 0\n",

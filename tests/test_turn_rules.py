@@ -182,8 +182,7 @@ def test_listening_ends_at_the_stuck_button_deadline_with_a_commit() -> None:
         Send(p.ResponseCreate(event_id="response_1")),
         Changed(LISTENING, THINKING),
     ]
-    assert t.ctl.deadline == math.inf
-    assert t._check(t.ctl.tick(1000.0)) == []  # not listening: nothing more
+    assert t.ctl.deadline == 175.0  # now the server's silence limit (see below)
 
 
 def test_the_stuck_button_limit_can_cancel_instead() -> None:
@@ -413,3 +412,49 @@ def test_every_response_s_usage_is_reported_for_its_turn_even_after_a_barge_in()
     usage = p.Usage(input_text=10, input_audio=50, input_cached=4, output_text=7, output_audio=90)
     t.event(p.ResponseDone("response.done", "resp_1", "cancelled", "client_cancelled", usage))
     assert [(s.turn, s.usage) for s in t.spent] == [(1, usage)]
+
+
+# --------------------------------------------------------------------------- a stalled server
+
+
+def test_a_server_silent_while_thinking_ends_the_turn_lost_and_reconnects() -> None:
+    t = Turn(silence_s=15.0)
+    t.now = 100.0
+    t.think()
+    assert t.ctl.deadline == 115.0
+    t.ctl.heard(110.0)  # any word from the server: it is alive
+    assert t.ctl.deadline == 125.0
+    assert t._check(t.ctl.tick(124.9)) == []
+    t.create_outstanding = False  # the fresh session has no response in flight
+    assert t._check(t.ctl.tick(125.0)) == [
+        Notice(
+            "error", "turn 1 lost: the server said nothing for 15 s while answering; reconnecting"
+        ),
+        Changed(THINKING, IDLE),
+        Reconnect(),
+    ]
+    assert t.ended == [(1, Outcome.LOST)]
+    assert t.chimes[-1] == "error"
+    assert t.ctl.deadline == math.inf
+    assert t.start()[0] == Notice("warning", "start refused: renewing the session")
+
+
+def test_a_server_silent_mid_reply_stops_the_speaker_first() -> None:
+    t = Turn(silence_s=15.0)
+    t.speak()
+    t.ctl.heard(3.0)
+    t.create_outstanding = False
+    actions = t._check(t.ctl.tick(18.0))
+    assert actions[0] == StopPlayback(1)
+    assert actions[-2:] == [Changed(SPEAKING, IDLE), Reconnect()]
+    assert t.ended == [(1, Outcome.LOST)]
+
+
+def test_once_the_answer_is_in_silence_is_fine() -> None:
+    """After response.done the rest is played here: the server may say nothing for ever."""
+    t = Turn(silence_s=15.0)
+    t.speak()
+    t.event(done("resp_1"))
+    assert t.ctl.deadline == math.inf
+    assert t._check(t.ctl.tick(1000.0)) == []
+    assert t.state is SPEAKING

@@ -275,7 +275,10 @@ async def run_daemon(
         async with open_pipeline(
             endpoint, session_update(config), microphone=microphone, speaker=speaker,
             reconnect=True,
-            controller=TurnController(max_turn_s=audio.max_turn_s, on_max_turn=audio.on_max_turn),
+            controller=TurnController(
+                max_turn_s=audio.max_turn_s, on_max_turn=audio.on_max_turn,
+                silence_s=config.realtime.reply_timeout_s,
+            ),
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip

@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
         description="List every plugin in the 'voiced' entry-point group.",
     )
     plugins.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+    from voiced.broker import command as broker  # argparse only: cheap, like the rest
+
+    broker.add_parser(sub, common, CONFIG_HELP)
     return top
 
 
@@ -139,7 +143,13 @@ def _logging(debug: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("trio-websocket", "voiced.http.server", "httpx", "httpcore"):
+    for noisy in (
+        "trio-websocket",
+        "voiced.http.server",
+        "voiced.broker.server",
+        "httpx",
+        "httpcore",
+    ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     # hpack (HTTP/2 headers, under hypercorn) logs every header it decodes, bearer tokens too.
     logging.getLogger("hpack").setLevel(logging.WARNING)
@@ -274,7 +284,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _cmd_doctor,
     "check-config": _cmd_check_config,
     "plugins": _cmd_plugins,
+    "broker": lambda args: _broker(args),
 }
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from voiced.broker import command
+
+    return command.run(args)
 
 
 def _first_voiced_error(exc: BaseException) -> VoicedError | None:

@@ -52,7 +52,11 @@ class RealtimeConfig:
     transcription: TranscriptionConfig | None = field(default_factory=TranscriptionConfig)
     """Transcription of the user's speech; None (YAML ``null``) turns it off."""
     connect_timeout: float = 10.0
-    """Seconds allowed for connecting and the WebSocket handshake; must be > 0."""
+    """Seconds allowed for connecting, the WebSocket handshake, and the session to be created
+    and configured; must be > 0."""
+    reply_timeout_s: float = 15.0
+    """Seconds the server may say nothing while an answer is awaited; then the link is taken
+    as stalled: the turn ends ``lost`` and a fresh session is opened."""
 
     def __post_init__(self) -> None:
         url = self.url
@@ -67,6 +71,8 @@ class RealtimeConfig:
             raise FieldError(
                 f"must be more than 0 seconds, got {self.connect_timeout}", field="connect_timeout"
             )
+        if not 1.0 <= self.reply_timeout_s <= 600.0:
+            raise FieldError("must be between 1 and 600 seconds", field="reply_timeout_s")
 
 
 AuthMode: TypeAlias = Literal["api_key", "ephemeral", "broker", "azure"]

@@ -88,7 +88,7 @@ class Session:
         async with inbound:
             async with self._encode, self._decode:
                 while not isinstance(msg := await self._next(inbound), Shutdown):
-                    if msg is None:  # listening reached the stuck-button deadline
+                    if msg is None:  # the stuck-button limit, or the server's silence limit
                         self._press = trio.current_time()  # it ends listening, like a press
                         await self._apply(self.controller.tick(self._press))
                     else:
@@ -116,6 +116,7 @@ class Session:
             if frame is not None:
                 await self._send_audio(frame)
         elif isinstance(msg, p.ServerEvent):
+            self.controller.heard(trio.current_time())
             await self._apply(self.controller.server_event(msg))
         elif isinstance(msg, TurnCommand):
             self._press = msg.at if msg.at is not None else trio.current_time()

@@ -114,10 +114,16 @@ class TurnController:
     Args:
         max_turn_s: seconds of listening before the stuck-button limit ends it.
         on_max_turn: what the limit does: ``commit`` what was heard, or ``cancel`` it.
+        silence_s: seconds the server may say nothing while an answer is awaited; then the
+            link is taken as stalled: the turn ends ``lost`` and a fresh session is opened.
     """
 
     def __init__(
-        self, *, max_turn_s: float = 60.0, on_max_turn: Literal["commit", "cancel"] = "commit"
+        self,
+        *,
+        max_turn_s: float = 60.0,
+        on_max_turn: Literal["commit", "cancel"] = "commit",
+        silence_s: float = 15.0,
     ) -> None:
         self.turns = 0
         """Turns started (each ``start`` from idle or barge-in)."""
@@ -125,6 +131,8 @@ class TurnController:
         """The session is configured (``session.updated``) and a turn can start."""
         self._max_turn_s = max_turn_s
         self._on_max_turn = on_max_turn
+        self._silence_s = silence_s
+        self._now = 0.0  # the latest trio time this controller was told
         self._offline = "not connected to the realtime server yet"  # why not ready
         self._fatal: str | None = None  # the fatal failure last chimed for, until ready again
         self._expired: str | None = None  # the server said the session expired
@@ -135,7 +143,8 @@ class TurnController:
     def _reset(self) -> None:
         self.state = State.IDLE
         self.deadline = math.inf
-        """Trio time at which ``tick`` ends listening (the stuck-button limit)."""
+        """Trio time at which ``tick`` must be called: the stuck-button limit while listening,
+        the server's silence limit while an answer is awaited."""
         self._outcome = Outcome.COMPLETED  # how the current turn ends unless something happens
         self._reason: str | None = None
         self._buffered = 0  # bytes of audio appended in the current listening phase
@@ -155,6 +164,7 @@ class TurnController:
     def command(self, cmd: TurnCommand, now: float) -> list[Action]:
         """Handle an input's command, received at trio time ``now``. The first action is always
         its ``Verdict``."""
+        self._now = now
         kind = cmd.command
         if kind is Command.TOGGLE:
             kind = Command.COMMIT if self.state is State.LISTENING else Command.START
@@ -180,13 +190,41 @@ class TurnController:
         return [Verdict("accepted", "cancelled"), *cancelled]
 
     def tick(self, now: float) -> list[Action]:
-        """The time is ``now``: end listening that reached its deadline (a stuck button)."""
-        if self.state is not State.LISTENING or now < self.deadline:
+        """The time is ``now``: end listening that reached its deadline (a stuck button), or
+        an answer the server stopped sending (a stalled link)."""
+        self._now = now
+        if now < self.deadline:
+            return []
+        if self._awaiting():
+            return self._stalled()
+        if self.state is not State.LISTENING:
+            self.deadline = math.inf  # the answer came: nothing is awaited any more
             return []
         said = f"still listening after {self._max_turn_s:g} s (a stuck button?)"
         if self._on_max_turn == "cancel":
             return [Notice("warning", f"{said}: cancelled"), *self._cancel(Outcome.CANCELLED, said)]
         return [Notice("warning", f"{said}: sending what was heard"), *self._commit()]
+
+    def heard(self, now: float) -> None:
+        """The server said something at ``now``: while an answer is awaited, it is alive."""
+        self._now = now
+        if self._awaiting():
+            self.deadline = now + self._silence_s
+
+    def _awaiting(self) -> bool:
+        return self.state in (State.THINKING, State.SPEAKING) and (
+            self._in_flight or self._create_pending
+        )
+
+    def _stalled(self) -> list[Action]:
+        """The server went silent mid-answer: end the turn as lost, open a fresh session."""
+        said = f"the server said nothing for {self._silence_s:g} s while answering"
+        actions: list[Action] = [StopPlayback(self.turns)] if self.state is State.SPEAKING else []
+        actions.append(Notice("error", f"turn {self.turns} lost: {said}; reconnecting"))
+        self._outcome, self._reason = Outcome.LOST, said
+        actions += self._end()
+        self._reset()
+        return [*actions, *self.renew()]
 
     def audio_sent(self, nbytes: int) -> None:
         """Account for audio handed to the encoder while listening."""
@@ -323,7 +361,7 @@ class TurnController:
             self._create_pending = True
         else:
             actions.append(self._create())
-        self.deadline = math.inf
+        self.deadline = self._now + self._silence_s
         return [*actions, *self._to(State.THINKING), Chime("commit")]
 
     def _create(self) -> Send:
@@ -401,6 +439,8 @@ class TurnController:
         if self._response_id is None:
             self._name_response(rid)
         self._in_flight = False
+        if not self._awaiting() and self.state is not State.LISTENING:
+            self.deadline = math.inf  # what is left to play is played here
         actions: list[Action] = []
         if event.usage is not None:
             actions.append(Spent(self._response_turn, event.usage))
