@@ -154,3 +154,38 @@ async def test_an_unreachable_mint_endpoint_is_transient(tmp_path: Path) -> None
             failure = await first_failure(pipe, events)
     assert not failure.fatal
     assert (failure.error or "").startswith("cannot reach OpenAI at http://127.0.0.1:")
+
+
+async def test_a_kiosk_in_broker_mode_holds_no_key_and_stops_when_revoked(tmp_path: Path) -> None:
+    """The daemon asks the broker for a secret before each connection; once its device is
+    revoked, the next connection is refused: fatal, shown as the state error."""
+    from tests.test_broker import T0, running
+    from voiced.broker.serve import open_devices
+    from voiced.config import load_config
+
+    (tmp_path / "broker").mkdir()
+    async with running(tmp_path / "broker") as broker:
+        token_file = tmp_path / "device-token"
+        token_file.write_text(broker.tokens["kiosk-a"] + "\n")
+        auth = f"{{mode: broker, broker_url: '{broker.url}', device_token_file: '{token_file}'}}"
+        url = f"ws://127.0.0.1:{broker.sim_port}/v1/realtime"
+        with trio.fail_after(30):
+            async with daemon(tmp_path, url, auth=auth, realtime=", instructions: Be brief.") as (
+                pipe,
+                http,
+                events,
+            ):
+                await first_ready(pipe, events)
+                (mint,) = broker.sim.mints
+                (conn,) = broker.sim.connections
+                assert conn.headers["authorization"] == f"Bearer {mint.value}"
+                assert conn.session.config["instructions"] == "Be brief."
+                with open_devices(load_config(broker.config)) as store:
+                    assert store.revoke_device("kiosk-a", T0 + 1)
+                await pipe.renew()
+                failure = await next_failure(events)
+                status = (await http.get("/status")).json()
+    assert failure.fatal
+    assert (failure.error or "").startswith("the token broker answered HTTP 403 (device_revoked)")
+    assert status["shown"] == {"state": "error", "reason": failure.error}
+    assert len(broker.sim.mints) == 1  # the broker minted nothing for the revoked device

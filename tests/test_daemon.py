@@ -53,11 +53,12 @@ async def daemon(
     on_max_turn: str | None = None,
     plugins: str = "  stdout: {}\n",
     auth: str = f"{{api_key: {SIM_KEY}}}",
+    realtime: str = "",
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
     """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http plugin
     and ``plugins`` (YAML lines under ``plugins:``; default stdout); yields the pipeline, an HTTP
     client for the control API and a subscription to every event published from then on. The
-    ``audio`` settings left None keep the defaults; ``auth`` is the auth section (flow YAML)."""
+    ``audio`` settings left None keep the defaults; ``auth`` is the auth section (flow YAML), ``realtime`` more entries of the realtime one."""
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
     audio = "".join(
@@ -68,7 +69,7 @@ async def daemon(
     preroll = "" if preroll_ms is None else f", preroll_ms: {preroll_ms}"
     path = config_file(
         tmp_path,
-        f"device_id: test-kiosk\nrealtime: {{url: '{url}'}}\nauth: {auth}\n"
+        f"device_id: test-kiosk\nrealtime: {{url: '{url}'{realtime}}}\nauth: {auth}\n"
         f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true{preroll}}}\n"
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"

@@ -47,11 +47,11 @@ class Leaks:
 
 
 async def run_until_connected_or_refused(
-    leaks: Leaks, tmp_path: Path, url: str, auth: str, *, refused: bool
+    leaks: Leaks, tmp_path: Path, url: str, auth: str, *, refused: bool, realtime: str = ""
 ) -> dict[str, object]:
     """Run the daemon until it is ready, or refused; keep what it showed; its status."""
     with trio.fail_after(20):
-        async with daemon(tmp_path, url, auth=auth) as (pipe, http, events):
+        async with daemon(tmp_path, url, auth=auth, realtime=realtime) as (pipe, http, events):
             if refused:
                 leaks.seen.append(repr(await first_failure(pipe, events)))
             else:
@@ -108,3 +108,28 @@ async def test_the_commands_show_no_key(
     assert any("holds the API key and others can read it" in text for text in leaks.seen)
     assert any("rejected the credentials" in text for text in leaks.seen)
     leaks.check(caplog)
+
+
+async def test_broker_mode_shows_no_device_token_key_or_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kiosk with its device token, and with an unknown one, through the broker to the
+    simulator: neither token, nor the broker's key, nor a minted secret is shown anywhere."""
+    from tests.test_broker import KEY as BROKER_KEY
+    from tests.test_broker import running
+
+    (tmp_path / "broker").mkdir()
+    async with running(tmp_path / "broker") as broker:
+        leaks = Leaks(broker.sim)
+        url = f"ws://127.0.0.1:{broker.sim_port}/v1/realtime"
+        for token, refused in ((broker.tokens["kiosk-a"], False), ("vdt_CANARYUNKNOWN", True)):
+            auth = f"{{mode: broker, broker_url: '{broker.url}', device_token: {token}}}"
+            leaks.seen.append(repr(await run_until_connected_or_refused(
+                leaks, tmp_path, url, auth, refused=refused, realtime=", instructions: Be brief."
+            )))  # fmt: skip
+        secrets = [*broker.tokens.values(), BROKER_KEY, "vdt_CANARYUNKNOWN", *leaks.secrets()]
+    text = "\n".join([caplog.text, *leaks.seen])
+    assert "device_revoked" not in text  # (the unknown token is refused as unknown)
+    assert "invalid_device_token" in text
+    for secret in secrets:
+        assert secret not in text
