@@ -138,6 +138,7 @@ class _StatusCollector:
         for key, about in (
             ("connects", "Connections made to the realtime server."),
             ("events_sent", "Events sent to the realtime server."),
+            ("malformed", "Server frames voiced could not read, ignored."),
             ("events_received", "Events received from the realtime server."),
         ):
             if key in link:
@@ -167,6 +168,14 @@ class _StatusCollector:
             yield GaugeMetricFamily(
                 "voiced_speaker_volume", "Speaker volume, 0 to 1.", value=volume
             )
+        ignored = CounterMetricFamily(
+            "voiced_server_events_ignored",
+            "Server events not believed: they contradicted the turn in flight.",
+            labels=["why"],
+        )
+        for why, count in status.get("ignored", {}).items():
+            ignored.add_metric([why], count)
+        yield ignored
         dropped = CounterMetricFamily(
             "voiced_sink_events_dropped",
             "Events dropped because a sink did not keep up.",

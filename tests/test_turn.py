@@ -82,7 +82,7 @@ class Turn:
 
     It carries out what the session would: a ``Truncate`` becomes the ``Send`` of the truncate
     at the speaker's position given; earcons, turn endings, readiness, verdicts and usage are
-    collected in ``chimes``, ``ended``, ``readied``, ``verdicts`` and ``spent`` (asserted where
+    collected in ``chimes``, ``ended``, ``readied``, ``verdicts``, ``spent`` and ``ignored`` (asserted where
     they matter) instead of being returned; every ``Changed`` must
     carry the controller's turn number, and is returned without it.
     """
@@ -98,6 +98,7 @@ class Turn:
         self.readied = 0  # Ready actions seen after the first
         self.verdicts: list[a.Verdict] = []
         self.spent: list[a.Spent] = []
+        self.ignored: list[str] = []  # why each server event was not believed
         self.now = 0.0
 
     @property
@@ -122,6 +123,8 @@ class Turn:
                 self.verdicts.append(action)
             elif isinstance(action, a.Spent):
                 self.spent.append(action)
+            elif isinstance(action, a.Ignored):
+                self.ignored.append(action.why)
             elif isinstance(action, a.Changed):
                 assert action.turn == self.ctl.turns
                 out.append(Changed(action.old, action.new))

@@ -328,6 +328,36 @@ def test_a_response_done_before_any_create_is_not_believed() -> None:
     assert t.event(p.ResponseDone("response.done", None, "completed", None)) == []
     assert t.event(delta("resp_1")) == []
     assert (t.state, t.ended) == (IDLE, [])
+    assert t.ignored == ["the end of a response never created", "audio of a response never created"]
+
+
+def test_events_of_a_response_never_created_are_not_believed_mid_turn() -> None:
+    """Thinking: a done, audio and a transcript for some other response change nothing; the
+    turn's own response then plays and ends as usual."""
+    t = Turn().think()
+    assert t.event(done("resp_other")) == []
+    assert t.event(delta("resp_other")) == []
+    stray = p.OutputTranscriptDone("response.output_audio_transcript.done", "resp_other", "i", "x")
+    assert t.event(stray) == []
+    user = p.InputTranscriptionCompleted(
+        "conversation.item.input_audio_transcription.completed", "item_never", "hi"
+    )
+    assert t.event(user) == []
+    assert (t.state, t.ended) == (THINKING, [])
+    t.event(created("resp_1"))
+    assert t.event(done("resp_other")) == []  # still not ours
+    t.event(delta("resp_1"))
+    assert t.state is SPEAKING
+    t.event(done("resp_1"))
+    t.playback_done()
+    assert t.ended == [(1, Outcome.COMPLETED)]
+    assert t.ignored == [
+        "the end of a response never created",
+        "audio of a response never created",
+        "a transcript of a response never created",
+        "a transcript of audio never committed",
+        "the end of a response never created",
+    ]
 
 
 def test_a_barge_in_during_the_first_item_truncates_that_item_though_the_next_arrived() -> None:

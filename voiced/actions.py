@@ -155,6 +155,17 @@ class Reconnect:
     """Close the connection and open a fresh session now (the daemon is idle)."""
 
 
+@dataclass
+class Ignored:
+    """A server event was not believed: it contradicts the turn in flight (``why``). Counted in
+    ``/status`` and ``/metrics``; ``first`` when it is the first of its kind (logged then)."""
+
+    why: str
+    event: str
+    """The event's type."""
+    first: bool
+
+
 Action = (
     Send
     | Play
@@ -170,4 +181,5 @@ Action = (
     | Spent
     | Ready
     | Reconnect
+    | Ignored
 )

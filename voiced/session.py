@@ -189,6 +189,15 @@ class Session:
                 self.ready.set()
             elif isinstance(action, a.Reconnect):
                 await self._encode.send(Renew())
+            elif isinstance(action, a.Ignored):
+                ignored = self._status.ignored
+                ignored[action.why] = ignored.get(action.why, 0) + 1
+                if action.first:
+                    log.warning(
+                        "not believed: %s (%s); counted in /status, logged once",
+                        action.why,
+                        action.event,
+                    )
 
     async def _changed(self, change: a.Changed) -> None:
         if change.new is State.LISTENING:

@@ -99,6 +99,8 @@ class Status:
     """Why each failing device fails, by ``microphone`` / ``speaker``."""
     plugin_errors: dict[str, str] = field(default_factory=dict)
     """Why each failing plugin fails (a sink that cannot write), by name."""
+    ignored: dict[str, int] = field(default_factory=dict)
+    """Server events not believed (they contradicted the turn in flight), by why."""
     shown: DaemonState = field(init=False)
     """What the daemon shows a person now."""
 
@@ -191,4 +193,5 @@ class Status:
             "connection": dict(link),
             "sinks": {name: {"dropped": n} for name, n in dropped.items()},
             "plugin_errors": dict(self.plugin_errors),
+            "ignored": dict(self.ignored),
         }

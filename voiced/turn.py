@@ -36,6 +36,7 @@ from voiced.actions import (
     Changed,
     Chime,
     EndPlayback,
+    Ignored,
     Notice,
     Play,
     Ready,
@@ -138,6 +139,7 @@ class TurnController:
         self._expired: str | None = None  # the server said the session expired
         self._renew = False  # a fresh session is wanted as soon as the daemon is idle
         self._turn_of: dict[str, int] = {}  # item or response id → turn, for transcripts
+        self._ignored_seen: set[str] = set()  # kinds of events not believed, logged once each
         self._reset()
 
     def _reset(self) -> None:
@@ -251,10 +253,14 @@ class TurnController:
             self._remember(event.item_id, self.turns)
             return []
         if isinstance(event, p.InputTranscriptionCompleted):
-            turn = self._turn_of.get(event.item_id, self.turns)
+            turn = self._turn_of.get(event.item_id)
+            if turn is None:
+                return [self._ignored("a transcript of audio never committed", event)]
             return [Transcribed("user", event.transcript, turn, event.item_id)]
         if isinstance(event, p.OutputTranscriptDone):
-            turn = self._turn_of.get(event.response_id, self.turns)
+            turn = self._agent_turn(event.response_id)
+            if turn is None:
+                return [self._ignored("a transcript of a response never created", event)]
             text, item, rid = event.transcript, event.item_id, event.response_id
             return [Transcribed("agent", text, turn, item, response_id=rid)]
         if isinstance(event, p.TranscriptDelta):
@@ -405,6 +411,17 @@ class TurnController:
             )
         return actions
 
+    def _agent_turn(self, response_id: str) -> int | None:
+        """The turn a response answers; None for one never created."""
+        if self._in_flight and self._created and self._response_id is None:
+            self._name_response(response_id)  # response.created carried no id
+        return self._turn_of.get(response_id)
+
+    def _ignored(self, why: str, event: p.ServerEvent) -> Ignored:
+        first = why not in self._ignored_seen
+        self._ignored_seen.add(why)
+        return Ignored(why, event.type, first)
+
     def _name_response(self, response_id: str | None) -> None:
         """The response in flight is called ``response_id`` (learnt late when created had none)."""
         if response_id is None:
@@ -417,8 +434,10 @@ class TurnController:
     def _delta(self, event: p.OutputAudioDelta) -> list[Action]:
         if self._in_flight and self._created and self._response_id is None:
             self._name_response(event.response_id)  # response.created carried no id
-        if event.response_id in self._cancelled or event.response_id != self._response_id:
-            return []  # audio of a cancelled (or unknown) response is never played
+        if event.response_id in self._cancelled:
+            return []  # audio of a cancelled response still coming: expected, never played
+        if event.response_id != self._response_id:
+            return [self._ignored("audio of a response never created", event)]
         if self.state is State.THINKING and self._response_turn == self.turns:
             self._items = {}
             actions: list[Action] = [*self._to(State.SPEAKING)]
@@ -432,10 +451,10 @@ class TurnController:
 
     def _response_done(self, event: p.ResponseDone) -> list[Action]:
         rid = event.response_id
-        if not self._in_flight or (
-            rid is not None and self._response_id is not None and rid != self._response_id
-        ):
-            return []
+        # Ours: the response in flight, once created (or cancelled before we learnt its name).
+        ours = self._in_flight and (self._created or self._cancel_unnamed)
+        if not ours or (rid is not None and self._response_id not in (None, rid)):
+            return [self._ignored("the end of a response never created", event)]
         if self._response_id is None:
             self._name_response(rid)
         self._in_flight = False

@@ -89,6 +89,8 @@ class LinkStats:
     connects: int = 0
     events_sent: int = 0
     events_received: int = 0
+    malformed: int = 0
+    """Frames that were not a server event voiced could read (or a second session.created)."""
 
 
 async def run_transport(
@@ -299,8 +301,14 @@ class _Link:
                     return
                 try:
                     event = self.proto.receive(text)
+                    if isinstance(event, p.SessionCreated) and self.created:
+                        raise RemoteProtocolError("server sent session.created twice")
                 except RemoteProtocolError as exc:
-                    log.warning("ignoring a malformed server event: %s", exc)
+                    self.stats.malformed += 1
+                    level = logging.WARNING if self.stats.malformed == 1 else logging.DEBUG
+                    log.log(
+                        level, "ignoring a malformed server event: %s (counted, logged once)", exc
+                    )
                     continue
                 self.stats.events_received += 1
                 if isinstance(event, p.ErrorEvent):
