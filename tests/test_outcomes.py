@@ -239,13 +239,37 @@ async def test_failed_response_then_the_next_turn_completes(
     assert read_wav(tmp_path / "spk.wav") == reply
 
 
-async def test_lost_mid_reply_then_the_next_turn_completes_with_audio(
+async def test_an_answer_all_received_plays_out_though_the_session_expires(
     sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """The session expires while the reply plays: the turn is lost. After reconnecting, the new
-    connection numbers its responses and items from 1 again, and the next turn's reply is played
-    to its end (it used to be dropped as the cut-off response's, leaving the daemon speaking)."""
-    # Connected at 0 s; 1 s of question; the 1 s answer plays from 1 s: expire mid-answer.
+    """The whole answer arrived before the session expired: it plays to its end, the turn
+    completes, and the next turn runs on the fresh session."""
+    sim.sim.faults.expire_after = 1.5  # the answer arrives at once, at 1 s; it plays till 2 s
+    with trio.fail_after(30):
+        async with daemon(tmp_path, sim.url, preroll_ms=0) as (pipe, http, events):
+            await pipe.ready.wait()
+            sim.sim.faults.expire_after = None
+            ended = await turn(http, events, 1.0)
+            assert (ended.turn, ended.outcome) == (1, "completed")
+            ended = await turn(http, events, 0.5)
+            assert (ended.turn, ended.outcome) == (2, "completed")
+    old, new = sim.sim.connections
+    assert old.close_code == 1001
+    assert len(old.committed_audio) == len(new.committed_audio) == 1  # nothing asked twice
+    assert read_wav(tmp_path / "spk.wav") == old.reply_audio[0] + new.reply_audio[0]
+
+
+async def test_a_session_expiring_mid_answer_is_asked_again_and_completes(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The session expires while the answer plays: the speaker stops, the daemon reconnects,
+    sends the question again (bit-exact) on the fresh session and plays the whole new answer:
+    the turn completes, with a delay, and nothing is lost. The new connection numbers its
+    responses and items from 1 again, and that answer is not taken for the cut-off one's."""
+    # Connected at 0 s; 1 s of question; the 1 s answer streams in real time from 1 s: the
+    # session expires at 1.5 s, mid-answer.
+    simulator = Simulator(api_key=SIM_KEY, pace=1.0)
+    sim = RunningSim(simulator, await nursery.start(simulator.serve))
     sim.sim.faults.expire_after = 1.5
     with trio.fail_after(30):
         async with daemon(tmp_path, sim.url, preroll_ms=0) as (pipe, http, events):
@@ -253,32 +277,27 @@ async def test_lost_mid_reply_then_the_next_turn_completes_with_audio(
             sim.sim.faults.expire_after = None  # only the first connection expires
             await talk(http, events, 1.0)
             assert await next_state(events) is State.SPEAKING
-            lost = await next_event(events, TurnEnded)
+            assert await next_state(events) is State.THINKING  # cut off: asking again
+            assert await next_state(events) is State.SPEAKING
+            ended = await next_event(events, TurnEnded)
             assert await next_state(events) is State.IDLE
-            assert (lost.turn, lost.outcome) == (1, "lost")
-            assert lost.reason == (
-                "the session expired: Your session hit the maximum duration of 60 minutes."
-            )
-            status = await check_status(http, lost, {"lost": 1})
-            assert (status["state"], status["connected"]) == ("idle", False)
-            cut = read_wav(tmp_path / "spk.wav")
-            first = sim.sim.connections[0].reply_audio[0]
-            assert 0 < len(cut) < len(first)  # it was lost mid-reply
-            # The daemon reconnects by itself, and the next turn completes, with its audio.
-            while not (await next_event(events, ConnectionChanged)).ready:
-                pass
-            ended = await turn(http, events, 0.5)
-            assert (ended.turn, ended.outcome) == (2, "completed")
-            status = await check_status(http, ended, {"lost": 1, "completed": 1})
+            assert (ended.turn, ended.outcome) == (1, "completed")
+            status = await check_status(http, ended, {"completed": 1})
             assert (status["state"], status["connection"]["connects"]) == ("idle", 2)
+            ended = await turn(http, events, 0.5)  # and the next turn as ever
+            assert (ended.turn, ended.outcome) == (2, "completed")
     old, new = sim.sim.connections
     assert old.close_code == 1001
-    # The new connection's reply has the cut-off one's response and item ids.
-    assert [e["response"]["id"] for e in new.sent if e["type"] == "response.created"] == [
-        e["response"]["id"] for e in old.sent if e["type"] == "response.created"
+    assert new.committed_audio[0] == old.committed_audio[0]  # the question, sent again
+    # The new connection's answer has the cut-off one's response and item ids.
+    created = [
+        [e["response"]["id"] for e in c.sent if e["type"] == "response.created"] for c in (old, new)
     ]
-    (reply,) = new.reply_audio
-    assert read_wav(tmp_path / "spk.wav") == cut + reply
+    assert created[0][0] == created[1][0]
+    cut = read_wav(tmp_path / "spk.wav")[: -len(b"".join(new.reply_audio))]
+    # The first answer was cut off mid-way (what came of it played, up to the cut)...
+    assert 0 < len(cut) <= len(old.reply_audio[0]) < len(new.reply_audio[0])
+    assert read_wav(tmp_path / "spk.wav") == cut + b"".join(new.reply_audio)  # ...then all
 
 
 @pytest.mark.parametrize("on_max_turn", ["commit", "cancel"])

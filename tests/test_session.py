@@ -13,7 +13,7 @@ import trio
 
 from voiced import protocol as p
 from voiced.actions import Play
-from voiced.audio import AudioFrame, Earcon, EndOfReply, bytes_of
+from voiced.audio import AnswerAgain, AudioFrame, Earcon, EndOfReply, bytes_of
 from voiced.broadcast import Broadcast
 from voiced.devices.null import NullSpeaker
 from voiced.messages import Inbound, Shutdown
@@ -36,7 +36,9 @@ async def session(
 ) -> AsyncIterator[tuple[trio.MemorySendChannel[Inbound], list[AudioFrame | p.ClientEvent]]]:
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](64)
     encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent | Renew](64)
-    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | Earcon](64)
+    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | AnswerAgain | Earcon](
+        64
+    )
     sent: list[AudioFrame | p.ClientEvent] = []
 
     async def collect() -> None:

@@ -16,7 +16,7 @@ import trio.testing
 from tests.conftest import read_wav
 from voiced import protocol as p
 from voiced.actions import Play, Played
-from voiced.audio import AudioFrame, Earcon, EndOfReply, ReplyAudio, bytes_of, ms_of
+from voiced.audio import AnswerAgain, AudioFrame, Earcon, EndOfReply, ReplyAudio, bytes_of, ms_of
 from voiced.devices.null import NullSpeaker
 from voiced.devices.wav import WavSpeaker
 from voiced.messages import PlaybackNews, PlaybackStarted
@@ -81,7 +81,7 @@ def delta(item_id: str, pcm: bytes) -> p.OutputAudioDelta:
 
 async def test_decode_keeps_whole_samples_and_passes_markers() -> None:
     earcon, end = Earcon("listening", audio(9, 5)), EndOfReply(3)
-    items: list[Play | EndOfReply | Earcon] = [
+    items: list[Play | EndOfReply | AnswerAgain | Earcon] = [
         Play(delta("item_a", b"\x01\x02\x03"), 3),
         Play(delta("item_a", b"\x04\x05"), 3),
         earcon,
@@ -89,8 +89,10 @@ async def test_decode_keeps_whole_samples_and_passes_markers() -> None:
         Play(delta("item_b", b""), 4),
         end,
     ]
-    in_send, in_recv = trio.open_memory_channel[Play | EndOfReply | Earcon](math.inf)
-    out_send, out_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](math.inf)
+    in_send, in_recv = trio.open_memory_channel[Play | EndOfReply | AnswerAgain | Earcon](math.inf)
+    out_send, out_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | AnswerAgain | Earcon](
+        math.inf
+    )
     for item in items:
         in_send.send_nowait(item)
     in_send.close()
@@ -125,7 +127,7 @@ async def test_position_names_the_item_and_counts_its_ms(
     replies: list[tuple[int, str, int]], expected: Played
 ) -> None:
     player = Player(NullSpeaker())
-    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](math.inf)
+    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | AnswerAgain | Earcon](math.inf)
     news_send, _news_recv = trio.open_memory_channel[PlaybackNews](math.inf)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -190,7 +192,7 @@ async def test_player_stops_by_turn_and_reports(
 ) -> None:
     speaker = WavSpeaker(tmp_path / "out.wav", realtime=False)
     player = Player(speaker)
-    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](math.inf)
+    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | AnswerAgain | Earcon](math.inf)
     news_send, news_recv = trio.open_memory_channel[PlaybackNews](math.inf)
     began = trio.current_time()
     with trio.fail_after(5):
@@ -216,7 +218,7 @@ async def test_paced_playback_position_stop_and_end(
     # outside the virtual-time deadline below.
     speaker = WavSpeaker(tmp_path / "out.wav", realtime=True)
     player = Player(speaker)
-    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](math.inf)
+    send, recv = trio.open_memory_channel[ReplyAudio | EndOfReply | AnswerAgain | Earcon](math.inf)
     news_send, news_recv = trio.open_memory_channel[PlaybackNews](math.inf)
     x, y = audio(1, 1000), audio(2, 200)
     with trio.fail_after(30):

@@ -20,7 +20,17 @@ import pytest
 from tests.sdkcheck import assert_valid_client_event
 from voiced import actions as a
 from voiced import protocol as p
-from voiced.actions import Chime, EndPlayback, Notice, Play, Played, Send, StopPlayback, TurnOver
+from voiced.actions import (
+    Chime,
+    EndPlayback,
+    Notice,
+    Play,
+    Played,
+    Resend,
+    Send,
+    StopPlayback,
+    TurnOver,
+)
 from voiced.audio import BYTES_PER_MS, MIN_COMMIT_MS, bytes_of
 from voiced.turn import Command, Outcome, State, TurnCommand, TurnController
 
@@ -744,44 +754,85 @@ def test_stale_commit_error_of_an_earlier_turn_leaves_the_current_turn_alone():
 # --------------------------------------------------------------------------- connection lost
 
 
+GONE = "connection ended: gone"
+KEEP = f"{GONE}; keeping what is heard until the link is back"
+AGAIN = f"{GONE}; asking again when the link is back"
+# What a lost connection does in each state, and what the turn does once the link is back.
+LOST: dict[str, tuple[list[Action], State, list[Action]]] = {
+    "idle": ([], IDLE, []),
+    "listening": ([Notice("warning", KEEP)], LISTENING, [Resend(1)]),
+    "thinking": (
+        [Notice("warning", AGAIN)],
+        THINKING,
+        [Resend(1), *commit_actions(1)[:2]],
+    ),
+    "thinking-created": (
+        [Notice("warning", AGAIN)],
+        THINKING,
+        [Resend(1), *commit_actions(1)[:2]],
+    ),
+    "speaking": (
+        [StopPlayback(1), Changed(SPEAKING, THINKING), Notice("warning", AGAIN)],
+        THINKING,
+        [Resend(1), *commit_actions(1)[:2]],
+    ),
+    "speaking-done": ([], SPEAKING, []),  # the whole answer is here: it plays out
+    "listening-after-barge-in": ([Notice("warning", KEEP)], LISTENING, [Resend(2)]),
+    "thinking-create-pending": (
+        [Notice("warning", AGAIN)],
+        THINKING,
+        [Resend(2), *commit_actions(2)[:2]],
+    ),
+}
+
+
 @pytest.mark.parametrize("name", list(SETUPS))
-def test_connection_lost_resets_the_turn(name: str):
-    setup, state = SETUPS[name]
+def test_a_lost_connection_loses_nothing_heard(name: str):
+    """The turn is kept across the outage: what is being heard is sent again once the link is
+    back, and a turn whose answer was cut off (or never came) is asked again."""
+    setup, _ = SETUPS[name]
+    now_lost, held_state, resumed = LOST[name]
     t = Turn()
     setup(t)
     turns = t.ctl.turns
-    actions = t.connection_lost()
-    expected: list[Action] = []
-    if state is SPEAKING:
-        expected.append(StopPlayback(1))
-    if state is not IDLE:
-        expected.append(Notice("warning", f"turn lost while {state}: connection ended: gone"))
-    assert [a for a in actions if not isinstance(a, Changed)] == expected
-    assert (t.state, t.ctl.turns) == (IDLE, turns)
-    # Nothing of the old connection survives: a fresh turn works from scratch.
-    assert t.event(delta("resp_1")) == []
-    assert t.event(done("resp_1")) == []
-    assert t.playback_done(1) == []
-    assert t.start() == [
-        Notice("warning", "start refused: not connected to the realtime server (gone)")
-    ]  # until reconnected
+    assert t.connection_lost() == now_lost
+    assert t.state is held_state
+    assert t.ended == ([(1, Outcome.INTERRUPTED)] if turns == 2 else [])  # a barge-in's
+    if held_state is not LISTENING:
+        assert t.start()[0] == Notice(
+            "warning", "start refused: not connected to the realtime server (gone)"
+        )  # no new turn until reconnected
+    assert t.event(delta("resp_1")) == []  # nothing of the old connection is believed
+    assert t.event(p.SessionUpdated("session.updated", {})) == resumed
     assert t.ctl.turns == turns
-    assert t.event(p.SessionUpdated("session.updated", {})) == []
-    assert t.start() == [Changed(IDLE, LISTENING)]
-    assert t.ctl.turns == turns + 1
-    t.audio(300)
-    assert t.commit() == commit_actions(turns + 1)
-    assert t.event(created("resp_9")) == []
-    reply = delta("resp_9", "item_9")
-    assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply, turns + 1)]
+    if held_state is LISTENING:
+        t.audio(300)  # the person speaks on
+        assert t.commit() == commit_actions(turns)
+    if held_state is not IDLE and name != "speaking-done":
+        assert t.event(created("resp_9")) == []
+        reply = delta("resp_9", "item_9")
+        assert t.event(reply) == [Changed(THINKING, SPEAKING), Play(reply, turns)]
+        t.event(done("resp_9"))
+    if held_state is not IDLE:
+        assert t.playback_done(turns) == [Changed(SPEAKING, IDLE)]
+        assert t.ended[-1] == (turns, Outcome.COMPLETED)
+    assert t.start() == [Changed(IDLE, LISTENING)]  # and the next turn works as ever
 
 
-@pytest.mark.parametrize("name", list(SETUPS))
-def test_connection_lost_reports_the_return_to_idle(name: str):
-    """The session learns of every state change only through ``Changed`` (status, sinks,
-    the turn's ``lost`` outcome): a lost connection must report the return to idle too."""
-    setup, state = SETUPS[name]
-    t = Turn()
+@pytest.mark.parametrize("name", [n for n, (_, s, _) in LOST.items() if s in (LISTENING, THINKING)])
+def test_a_held_turn_is_lost_when_the_link_is_not_back_in_time(name: str):
+    setup, _ = SETUPS[name]
+    _, state, _ = LOST[name]
+    t = Turn(hold_s=30.0, retry_window_s=10.0)
     setup(t)
-    changes = [a for a in t.connection_lost() if isinstance(a, Changed)]
-    assert changes == ([] if state is IDLE else [Changed(state, IDLE)])
+    t.connection_lost()
+    limit = 30.0 if state is LISTENING else 10.0
+    assert t._check(t.ctl.tick(limit - 0.01)) == []
+    actions = t._check(t.ctl.tick(limit))
+    assert actions == [
+        Notice("warning", f"lost: the link was not back within {limit:g} s"),
+        Changed(state, IDLE),
+    ]
+    assert t.ended[-1] == (t.ctl.turns, Outcome.LOST)
+    assert t.chimes[-1] == "error"
+    assert t.event(p.SessionUpdated("session.updated", {})) == []  # nothing left to resume

@@ -102,9 +102,10 @@ def _outcome_of(drive: str) -> tuple[list[tuple[int, Outcome]], list[str]]:
         t.speak()
         t.event(done("resp_1", "failed", "boom"))
         t.playback_done(1)
-    elif drive == "lost":
+    elif drive == "lost":  # the link drops mid-answer and is not back in time to ask again
         t.speak()
         t.connection_lost()
+        t._check(t.ctl.tick(t.now + 10.0))
     return t.ended, t.chimes
 
 
@@ -140,7 +141,7 @@ def test_turn_over_comes_before_the_state_change_and_says_why() -> None:
     )
 
 
-def test_a_lost_turn_after_session_expiry_says_so() -> None:
+def test_a_session_expiry_mid_answer_says_so_and_asks_again() -> None:
     t = Turn().speak()
     expired = error("session_expired", "Your session hit the maximum duration of 60 minutes.", None)
     # The server ending the session is news, not a failure of the turn.
@@ -152,14 +153,14 @@ def test_a_lost_turn_after_session_expiry_says_so() -> None:
     ]
     assert t.state is SPEAKING
     actions = t.connection_lost("ended (1001)")
-    assert (
-        Notice(
-            "warning",
-            "turn lost while speaking: the session expired: Your session hit the maximum duration of 60 minutes.",
-        )
-        in actions
-    )
-    assert t.ended == [(1, Outcome.LOST)]
+    said = "the session expired: Your session hit the maximum duration of 60 minutes."
+    assert Notice("warning", f"{said}; asking again when the link is back") in actions
+    assert t.ended == []  # not lost: asked again on the fresh session
+    t.event(p.SessionUpdated("session.updated", {}))
+    assert t.sent[-2:] == [
+        p.InputAudioBufferCommit(event_id="commit_1"),
+        p.ResponseCreate(event_id="response_1"),
+    ]
 
 
 # --------------------------------------------------------------------------- stuck button
@@ -457,9 +458,7 @@ def test_a_server_silent_while_thinking_ends_the_turn_lost_and_reconnects() -> N
     assert t._check(t.ctl.tick(124.9)) == []
     t.create_outstanding = False  # the fresh session has no response in flight
     assert t._check(t.ctl.tick(125.0)) == [
-        Notice(
-            "error", "turn 1 lost: the server said nothing for 15 s while answering; reconnecting"
-        ),
+        Notice("error", "lost: the server said nothing for 15 s while answering; reconnecting"),
         Changed(THINKING, IDLE),
         Reconnect(),
     ]

@@ -156,6 +156,13 @@ class Reconnect:
 
 
 @dataclass
+class Resend:
+    """Send again every sample heard in ``turn`` (the link was lost; this is a fresh session)."""
+
+    turn: int
+
+
+@dataclass
 class Ignored:
     """A server event was not believed: it contradicts the turn in flight (``why``). Counted in
     ``/status`` and ``/metrics``; ``first`` when it is the first of its kind (logged then)."""
@@ -181,5 +188,6 @@ Action = (
     | Spent
     | Ready
     | Reconnect
+    | Resend
     | Ignored
 )

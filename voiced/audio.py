@@ -84,6 +84,14 @@ class Earcon:
 
 
 @dataclass
+class AnswerAgain:
+    """In the playback queue: the reply of ``turn`` was stopped (its link was lost) and is being
+    asked again; that turn's audio after this marker plays."""
+
+    turn: int
+
+
+@dataclass
 class EndOfReply:
     """Marks the end of a reply's audio in the playback queue; the speaker's task sends it back
     once all of it was played."""

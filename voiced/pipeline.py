@@ -21,7 +21,7 @@ import trio
 
 from voiced import protocol as p
 from voiced.actions import Play
-from voiced.audio import AudioFrame, Earcon, EndOfReply, ReplyAudio
+from voiced.audio import AnswerAgain, AudioFrame, Earcon, EndOfReply, ReplyAudio
 from voiced.broadcast import Broadcast
 from voiced.devices.base import Microphone, Speaker
 from voiced.events import DeviceChanged
@@ -124,8 +124,10 @@ async def open_pipeline(
         ENCODE_BUFFER
     )
     out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](OUTBOUND_BUFFER)
-    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | Earcon](DECODE_BUFFER)
-    play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | Earcon](
+    decode_send, decode_recv = trio.open_memory_channel[Play | EndOfReply | AnswerAgain | Earcon](
+        DECODE_BUFFER
+    )
+    play_send, play_recv = trio.open_memory_channel[ReplyAudio | EndOfReply | AnswerAgain | Earcon](
         PLAYBACK_BUFFER
     )
     command_send, command_recv = trio.open_memory_channel[TurnCommand](COMMAND_BUFFER)

@@ -19,7 +19,7 @@ import trio
 
 from voiced import actions as a
 from voiced import protocol as p
-from voiced.audio import AudioFrame, Earcon, EndOfReply, ms_of
+from voiced.audio import AnswerAgain, AudioFrame, Earcon, EndOfReply, ms_of
 from voiced.broadcast import Broadcast
 from voiced.events import (
     ConnectionChanged,
@@ -65,7 +65,7 @@ class Session:
         status: Status,
         broadcast: Broadcast,
         to_encode: trio.abc.SendChannel[AudioFrame | p.ClientEvent | Renew],
-        to_decode: trio.abc.SendChannel[a.Play | EndOfReply | Earcon],
+        to_decode: trio.abc.SendChannel[a.Play | EndOfReply | AnswerAgain | Earcon],
         player: Player,
         earcons: Mapping[str, bytes] | None = None,
     ) -> None:
@@ -80,6 +80,7 @@ class Session:
         self._earcons = dict(earcons or {})
         self._press = 0.0  # trio time of the command being handled
         self._session_id: str | None = None  # the realtime session's, for the events
+        self._turn_audio: list[AudioFrame] = []  # every frame sent in the current turn
         self.ready = trio.Event()
         """Set the first time the session is ready for a turn."""
 
@@ -139,7 +140,9 @@ class Session:
             why = str(msg.error) if msg.error is not None else None
             fatal = msg.error is not None and msg.error.fatal
             self._publish(ConnectionChanged(False, error=why, fatal=fatal))
-            lost = self.controller.connection_lost(why or "renewing the session", fatal=fatal)
+            lost = self.controller.connection_lost(
+                why or "renewing the session", fatal=fatal, now=trio.current_time()
+            )
             await self._apply(lost)
         elif isinstance(msg, RenewSession):
             await self._apply(self.controller.renew())
@@ -147,7 +150,11 @@ class Session:
             self._publish(msg)
 
     async def _send_audio(self, frame: AudioFrame) -> None:
-        await self._encode.send(frame)
+        """Send a frame of the turn being heard, and keep it: if the link drops, the turn is
+        sent again on the next one (``Resend``). While the link is away it is only kept."""
+        self._turn_audio.append(frame)
+        if self.controller.ready:
+            await self._encode.send(frame)
         self.controller.audio_sent(len(frame.pcm))
 
     def _publish(self, event: Event) -> None:
@@ -189,6 +196,16 @@ class Session:
                 self.ready.set()
             elif isinstance(action, a.Reconnect):
                 await self._encode.send(Renew())
+            elif isinstance(action, a.Resend):
+                # Ahead of the new answer: what the old link brought of this turn stays stopped.
+                await self._decode.send(AnswerAgain(action.turn))
+                log.info(
+                    "turn %d: sending again what was heard (%d frames)",
+                    action.turn,
+                    len(self._turn_audio),
+                )
+                for frame in self._turn_audio:
+                    await self._encode.send(frame)
             elif isinstance(action, a.Ignored):
                 ignored = self._status.ignored
                 ignored[action.why] = ignored.get(action.why, 0) + 1
@@ -201,6 +218,7 @@ class Session:
 
     async def _changed(self, change: a.Changed) -> None:
         if change.new is State.LISTENING:
+            self._turn_audio = []
             self._meter.started(change.turn)
         elif change.old is State.LISTENING and change.new is State.THINKING:
             self._meter.mark("pressed", self._press)
@@ -231,6 +249,7 @@ class Session:
         )
 
     def _turn_over(self, over: a.TurnOver) -> None:
+        self._turn_audio = []  # the turn is answered (or given up): nothing to send again
         meter = self._meter
         ended = TurnEnded(
             over.turn, over.outcome, meter.latencies(), over.reason, meter.usage, self._session_id

@@ -41,6 +41,7 @@ from voiced.actions import (
     Play,
     Ready,
     Reconnect,
+    Resend,
     Send,
     Spent,
     StopPlayback,
@@ -117,6 +118,10 @@ class TurnController:
         on_max_turn: what the limit does: ``commit`` what was heard, or ``cancel`` it.
         silence_s: seconds the server may say nothing while an answer is awaited; then the
             link is taken as stalled: the turn ends ``lost`` and a fresh session is opened.
+        hold_s: a turn whose link drops while listening keeps its audio this long for the
+            link to come back; then it is sent (and committed, if the press ended meanwhile).
+        retry_window_s: a turn whose answer the lost link cut off is asked again on the next
+            connection if that is ready within this many seconds.
     """
 
     def __init__(
@@ -125,6 +130,8 @@ class TurnController:
         max_turn_s: float = 60.0,
         on_max_turn: Literal["commit", "cancel"] = "commit",
         silence_s: float = 15.0,
+        hold_s: float = 30.0,
+        retry_window_s: float = 10.0,
     ) -> None:
         self.turns = 0
         """Turns started (each ``start`` from idle or barge-in)."""
@@ -133,6 +140,8 @@ class TurnController:
         self._max_turn_s = max_turn_s
         self._on_max_turn = on_max_turn
         self._silence_s = silence_s
+        self._hold_s = hold_s
+        self._retry_window_s = retry_window_s
         self._now = 0.0  # the latest trio time this controller was told
         self._offline = "not connected to the realtime server yet"  # why not ready
         self._fatal: str | None = None  # the fatal failure last chimed for, until ready again
@@ -144,9 +153,12 @@ class TurnController:
 
     def _reset(self) -> None:
         self.state = State.IDLE
-        self.deadline = math.inf
-        """Trio time at which ``tick`` must be called: the stuck-button limit while listening,
-        the server's silence limit while an answer is awaited."""
+        self._listen_until = math.inf  # the stuck-button limit, while listening
+        self._silence_until = math.inf  # the server's silence limit, while an answer is awaited
+        self._held_until = math.inf  # while the turn waits for the link: how long it may
+        self._held = False  # the turn waits for the link: its audio is resent once ready
+        self._held_for = 0.0  # how long it may wait
+        self._held_reply = True  # a held commit asks for an answer
         self._outcome = Outcome.COMPLETED  # how the current turn ends unless something happens
         self._reason: str | None = None
         self._buffered = 0  # bytes of audio appended in the current listening phase
@@ -160,6 +172,13 @@ class TurnController:
         self._items: dict[str, int] = {}  # bytes received of each item of the reply spoken
         self._commit_id: str | None = None  # event id of the current turn's commit
         self._create_id: str | None = None  # event id of the response.create in flight
+
+    @property
+    def deadline(self) -> float:
+        """Trio time at which ``tick`` must be called: the stuck-button limit while listening,
+        the server's silence limit while an answer is awaited, the limit on waiting for the
+        link while a turn is held."""
+        return min(self._listen_until, self._silence_until, self._held_until)
 
     # ------------------------------------------------------------------ inputs
 
@@ -192,16 +211,25 @@ class TurnController:
         return [Verdict("accepted", "cancelled"), *cancelled]
 
     def tick(self, now: float) -> list[Action]:
-        """The time is ``now``: end listening that reached its deadline (a stuck button), or
-        an answer the server stopped sending (a stalled link)."""
+        """The time is ``now``: end listening that reached its deadline (a stuck button), an
+        answer the server stopped sending (a stalled link), or a turn that waited too long for
+        the link to come back."""
         self._now = now
-        if now < self.deadline:
-            return []
-        if self._awaiting():
-            return self._stalled()
-        if self.state is not State.LISTENING:
-            self.deadline = math.inf  # the answer came: nothing is awaited any more
-            return []
+        if now >= self._held_until:
+            self._held_until = math.inf
+            if self._held:
+                return self._give_up()
+        if now >= self._silence_until:
+            self._silence_until = math.inf
+            if self._awaiting():
+                return self._stalled()
+        if now >= self._listen_until:
+            self._listen_until = math.inf
+            if self.state is State.LISTENING:
+                return self._stuck()
+        return []
+
+    def _stuck(self) -> list[Action]:
         said = f"still listening after {self._max_turn_s:g} s (a stuck button?)"
         if self._on_max_turn == "cancel":
             return [Notice("warning", f"{said}: cancelled"), *self._cancel(Outcome.CANCELLED, said)]
@@ -211,18 +239,29 @@ class TurnController:
         """The server said something at ``now``: while an answer is awaited, it is alive."""
         self._now = now
         if self._awaiting():
-            self.deadline = now + self._silence_s
+            self._silence_until = now + self._silence_s
 
     def _awaiting(self) -> bool:
-        return self.state in (State.THINKING, State.SPEAKING) and (
-            self._in_flight or self._create_pending
+        return (
+            self.ready
+            and self.state in (State.THINKING, State.SPEAKING)
+            and (self._in_flight or self._create_pending)
         )
+
+    def _give_up(self) -> list[Action]:
+        """The link did not come back in time for the held turn."""
+        said = f"the link was not back within {self._held_for:g} s"
+        self._outcome, self._reason = Outcome.LOST, said
+        actions: list[Action] = [Notice("warning", f"lost: {said}")]
+        actions += self._end()
+        self._reset()
+        return actions
 
     def _stalled(self) -> list[Action]:
         """The server went silent mid-answer: end the turn as lost, open a fresh session."""
         said = f"the server said nothing for {self._silence_s:g} s while answering"
         actions: list[Action] = [StopPlayback(self.turns)] if self.state is State.SPEAKING else []
-        actions.append(Notice("error", f"turn {self.turns} lost: {said}; reconnecting"))
+        actions.append(Notice("error", f"lost: {said}; reconnecting"))
         self._outcome, self._reason = Outcome.LOST, said
         actions += self._end()
         self._reset()
@@ -248,7 +287,9 @@ class TurnController:
         if isinstance(event, p.SessionUpdated):
             ready, self.ready = self.ready, True
             self._fatal = None
-            return [] if ready else [Ready()]
+            if ready:
+                return []
+            return [Ready(), *self._resume()] if self._held else [Ready()]
         if isinstance(event, p.InputAudioBufferCommitted):
             self._remember(event.item_id, self.turns)
             return []
@@ -264,10 +305,12 @@ class TurnController:
             text, item, rid = event.transcript, event.item_id, event.response_id
             return [Transcribed("agent", text, turn, item, response_id=rid)]
         if isinstance(event, p.TranscriptDelta):
-            role: Literal["user", "agent"] = "user" if event.response_id is None else "agent"
-            key = event.item_id if event.response_id is None else event.response_id
-            turn = self._turn_of.get(key, self.turns)
-            return [Transcribed(role, event.delta, turn, event.item_id, False, event.response_id)]
+            of = event.response_id
+            role: Literal["user", "agent"] = "user" if of is None else "agent"
+            turn = self._turn_of.get(event.item_id) if of is None else self._agent_turn(of)
+            if turn is None:
+                return [self._ignored(f"a transcript of {role} audio never sent or created", event)]
+            return [Transcribed(role, event.delta, turn, event.item_id, False, of)]
         if isinstance(event, p.InputTranscriptionFailed):
             return [Notice("warning", f"transcription of {event.item_id} failed: {event.message}")]
         return []
@@ -278,9 +321,15 @@ class TurnController:
             return self._end()
         return []
 
-    def connection_lost(self, why: str, *, fatal: bool = False) -> list[Action]:
-        """The connection ended: whatever was in flight is gone with it. A ``fatal`` failure
+    def connection_lost(
+        self, why: str, *, fatal: bool = False, now: float | None = None
+    ) -> list[Action]:
+        """The connection ended at ``now``. Nothing heard is lost: a turn being heard keeps its
+        audio for the link to come back (``hold_s``), a turn whose answer was cut off is asked
+        again (within ``retry_window_s``), an answer all received plays out. A ``fatal`` failure
         (a person must act) sounds the error earcon once, however often it is retried."""
+        if now is not None:
+            self._now = now
         heard = self._fatal
         self._fatal = why if fatal else None
         if fatal and why != heard:
@@ -292,17 +341,39 @@ class TurnController:
         self._renew = False  # the next connection is a fresh session anyway
         expired, self._expired = self._expired, None
         self._offline = f"not connected to the realtime server ({expired or why})"
+        said = expired or f"connection ended: {why}"
         old = self.state
         if old is State.IDLE:
             self._reset()
             return []
-        actions: list[Action] = [StopPlayback(self.turns)] if old is State.SPEAKING else []
-        said = expired or f"connection ended: {why}"
-        actions.append(Notice("warning", f"turn lost while {old}: {said}"))
-        self._outcome, self._reason = Outcome.LOST, said
-        actions += self._end()
-        self._reset()
-        return actions
+        cut = self._in_flight or self._create_pending  # an answer was awaited
+        self._forget_response()  # the old session's response is gone with it
+        if self._held:
+            return []  # held already: it keeps waiting, within its limit
+        if old is State.SPEAKING and not cut:
+            return []  # the whole answer is here: it plays out
+        if old is State.LISTENING:
+            self._hold(self._hold_s)
+            said = f"{said}; keeping what is heard until the link is back"
+            return [Notice("warning", said)]
+        # The answer was cut off, or never came: ask again once the link is back.
+        actions: list[Action] = []
+        if old is State.SPEAKING:
+            actions += [StopPlayback(self.turns), *self._to(State.THINKING)]
+        self._hold(self._retry_window_s)
+        said = f"{said}; asking again when the link is back"
+        return [*actions, Notice("warning", said)]
+
+    def _hold(self, seconds: float) -> None:
+        self._held, self._held_for = True, seconds
+        self._held_until = self._now + seconds
+        self._silence_until = math.inf
+
+    def _forget_response(self) -> None:
+        """Forget the response of a lost session."""
+        self._in_flight = self._created = self._cancel_unnamed = self._create_pending = False
+        self._response_id = None
+        self._cancelled.clear()
 
     def renew(self) -> list[Action]:
         """A fresh session is wanted (before the old one expires): now if idle, else after the
@@ -327,7 +398,8 @@ class TurnController:
         if self._outcome in (Outcome.FAILED, Outcome.LOST):
             actions.append(Chime("error"))
         self._outcome, self._reason = Outcome.COMPLETED, None
-        self.deadline = math.inf
+        self._listen_until = self._silence_until = self._held_until = math.inf
+        self._held = False
         return actions
 
     def _end(self) -> list[Action]:
@@ -345,7 +417,7 @@ class TurnController:
             actions += self._over()
         self.turns += 1
         self._buffered = 0
-        self.deadline = now + self._max_turn_s
+        self._listen_until = now + self._max_turn_s
         return [*actions, *self._to(State.LISTENING), Chime("listening")]
 
     def _commit(self, reply: bool = True) -> list[Action]:
@@ -359,6 +431,10 @@ class TurnController:
                 *self._end(),
                 Chime("too_short"),
             ]
+        self._listen_until = math.inf
+        if self._held:  # the link is away: commit with the audio once it is back
+            self._held_reply = reply
+            return [*self._to(State.THINKING), Chime("commit")]
         self._commit_id = f"commit_{self.turns}"
         actions: list[Action] = [Send(p.InputAudioBufferCommit(event_id=self._commit_id))]
         if not reply:  # dictation: what was heard is sent, and that is the whole turn
@@ -367,8 +443,22 @@ class TurnController:
             self._create_pending = True
         else:
             actions.append(self._create())
-        self.deadline = self._now + self._silence_s
+        self._silence_until = self._now + self._silence_s
         return [*actions, *self._to(State.THINKING), Chime("commit")]
+
+    def _resume(self) -> list[Action]:
+        """The link is back for the held turn: send its audio again, then commit it (and ask
+        for the answer) unless it is still being heard."""
+        self._held, self._held_until = False, math.inf
+        actions: list[Action] = [Resend(self.turns)]
+        if self.state is State.LISTENING:
+            return actions
+        self._commit_id = f"commit_{self.turns}"
+        actions.append(Send(p.InputAudioBufferCommit(event_id=self._commit_id)))
+        if not self._held_reply:
+            return [*actions, *self._end()]
+        self._silence_until = self._now + self._silence_s
+        return [*actions, self._create()]
 
     def _create(self) -> Send:
         self._in_flight = True
@@ -458,8 +548,8 @@ class TurnController:
         if self._response_id is None:
             self._name_response(rid)
         self._in_flight = False
-        if not self._awaiting() and self.state is not State.LISTENING:
-            self.deadline = math.inf  # what is left to play is played here
+        if not self._awaiting():
+            self._silence_until = math.inf  # what is left to play is played here
         actions: list[Action] = []
         if event.usage is not None:
             actions.append(Spent(self._response_turn, event.usage))

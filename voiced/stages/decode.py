@@ -9,12 +9,12 @@ from __future__ import annotations
 import trio
 
 from voiced.actions import Play
-from voiced.audio import Earcon, EndOfReply, ReplyAudio
+from voiced.audio import AnswerAgain, Earcon, EndOfReply, ReplyAudio
 
 
 async def run_decode(
-    inbound: trio.abc.ReceiveChannel[Play | EndOfReply | Earcon],
-    outbound: trio.abc.SendChannel[ReplyAudio | EndOfReply | Earcon],
+    inbound: trio.abc.ReceiveChannel[Play | EndOfReply | AnswerAgain | Earcon],
+    outbound: trio.abc.SendChannel[ReplyAudio | EndOfReply | AnswerAgain | Earcon],
 ) -> None:
     """Run until ``inbound`` closes, then close ``outbound``."""
     async with inbound, outbound:

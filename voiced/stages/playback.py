@@ -13,7 +13,7 @@ from __future__ import annotations
 import trio
 
 from voiced.actions import Played
-from voiced.audio import BYTES_PER_MS, Earcon, EndOfReply, ReplyAudio, bytes_of
+from voiced.audio import BYTES_PER_MS, AnswerAgain, Earcon, EndOfReply, ReplyAudio, bytes_of
 from voiced.devices.base import Speaker
 from voiced.messages import PlaybackNews, PlaybackStarted
 
@@ -50,7 +50,7 @@ class Player:
 
     async def run(
         self,
-        inbound: trio.abc.ReceiveChannel[ReplyAudio | EndOfReply | Earcon],
+        inbound: trio.abc.ReceiveChannel[ReplyAudio | EndOfReply | AnswerAgain | Earcon],
         news: trio.abc.SendChannel[PlaybackNews],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -73,6 +73,9 @@ class Player:
                         for start in range(0, len(item.pcm), block):
                             await self.speaker.play(item.pcm[start : start + block])
                         await self.speaker.drain()
+                    elif isinstance(item, AnswerAgain):
+                        self._stopped_through = min(self._stopped_through, item.turn - 1)
+                        self._turn = 0  # the new answer starts afresh
                     elif isinstance(item, EndOfReply):
                         if item.turn > self._stopped_through:
                             await self.speaker.drain()
