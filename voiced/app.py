@@ -143,6 +143,18 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
         nursery.cancel_scope.cancel()
 
 
+def _controller(config: Config) -> TurnController:
+    """The push-to-talk rules with the configured limits."""
+    audio, keep = config.audio, config.resilience
+    return TurnController(
+        max_turn_s=audio.max_turn_s,
+        on_max_turn=audio.on_max_turn,
+        silence_s=config.realtime.reply_timeout_s,
+        hold_s=keep.hold_audio_s,
+        retry_window_s=keep.retry_window_s,
+    )
+
+
 @dataclass
 class _Handle:
     """What one plugin sees of the daemon (``voiced.plugin_api.Daemon``)."""
@@ -274,11 +286,7 @@ async def run_daemon(
         speaker.volume = _volume(config, saved)
         async with open_pipeline(
             endpoint, session_update(config), microphone=microphone, speaker=speaker,
-            reconnect=True,
-            controller=TurnController(
-                max_turn_s=audio.max_turn_s, on_max_turn=audio.on_max_turn,
-                silence_s=config.realtime.reply_timeout_s,
-            ),
+            reconnect=True, controller=_controller(config),
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
@@ -356,8 +364,9 @@ async def ask(
     results: list[TurnEnded] = []
     async with open_endpoint(config) as endpoint, trio.open_nursery() as sinks:
         async with open_pipeline(
-            endpoint, session_update(config), microphone=None, speaker=speaker, reconnect=False
-        ) as pipe:
+            endpoint, session_update(config), microphone=None, speaker=speaker,
+            reconnect="once_connected", controller=_controller(config),
+        ) as pipe:  # fmt: skip
             events = pipe.broadcast.subscribe("ask", TurnEnded)
             saved = SavedState(saved_state_file(config.state_dir))
             await _start_plugins(sinks, sinks_only, pipe, saved, config)

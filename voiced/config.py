@@ -312,6 +312,23 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class ResilienceConfig:
+    """What a lost link may not take: the turn being heard, and the answer it cut off."""
+
+    hold_audio_s: float = 30.0
+    """A turn whose link drops while it is heard keeps its audio this long (seconds) for the
+    link to come back, then sends all of it on the new session; later, the turn is lost."""
+    retry_window_s: float = 10.0
+    """A turn whose answer the lost link cut off (or that was waiting for it) is asked again
+    on the new session if that is ready within this many seconds; later, the turn is lost."""
+
+    def __post_init__(self) -> None:
+        for name in ("hold_audio_s", "retry_window_s"):
+            if not 0.0 <= getattr(self, name) <= 600.0:
+                raise FieldError("must be between 0 and 600 seconds", field=name)
+
+
+@dataclass(frozen=True)
 class Config:
     """All of voiced's configuration: one YAML file."""
 
@@ -331,6 +348,8 @@ class Config:
     """Only for ``voiced broker``: the token service; the daemon ignores it."""
     audio: AudioConfig = field(default_factory=AudioConfig)
     """Microphone and speaker."""
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+    """What a lost link may not take."""
     plugins: dict[str, Located] = field(default_factory=dict)
     """Raw plugin sections by entry-point name, each a mapping (null becomes empty)."""
     source: str | None = field(default=None, metadata={NOT_IN_YAML: True})

@@ -31,7 +31,7 @@ from voiced.stages.capture import AudioGate, run_intake
 from voiced.stages.decode import run_decode
 from voiced.stages.encode import run_encode
 from voiced.stages.playback import Player
-from voiced.stages.transport import Endpoint, LinkStats, Renew, run_transport
+from voiced.stages.transport import Endpoint, LinkStats, Reconnecting, Renew, run_transport
 from voiced.status import Status
 from voiced.turn import TurnCommand, TurnController
 
@@ -102,7 +102,7 @@ async def open_pipeline(
     *,
     microphone: Microphone | None,
     speaker: Speaker,
-    reconnect: bool,
+    reconnect: Reconnecting,
     controller: TurnController | None = None,
     gate: AudioGate | None = None,
     earcons: Mapping[str, bytes] | None = None,
@@ -114,7 +114,7 @@ async def open_pipeline(
         hello: the session configuration, sent first on every connection.
         microphone: the microphone, or None when the caller feeds ``inbound`` itself.
         speaker: the speaker.
-        reconnect: a daemon (reconnect with backoff) rather than one batch (fail fast).
+        reconnect: when the transport retries (``voiced.stages.transport.run_transport``).
         controller: the push-to-talk rules (default: the defaults).
         gate: what of the captured audio is sent (default: no pre-roll, half duplex).
         earcons: the sounds played on listening, commit, error and too short, by name.

@@ -8,9 +8,10 @@ here, into ``TransportError``s that say what the operator must do: a 401/403 at 
 a close with code 3000 both mean the credentials are wrong; 4000 means the request (model, URL) is
 wrong; 1001 and abrupt loss are transient. A daemon reconnects with backoff (``voiced.backoff``):
 fast after a transient failure, slowly (minutes) after a fatal one, which a person must fix;
-``voiced ask`` does not reconnect. A ``Renew`` in the outbound stream closes the connection and
-opens a fresh session at once: the session sends it only when the turn controller says the
-daemon is idle.
+``voiced ask`` fails fast on the first connection, then reconnects after a drop. A ``Renew`` in
+the outbound stream closes the connection and opens a fresh session at once: the session sends
+it only when the turn controller says the daemon is idle. Pings find a dead link, deadlines a
+server that accepts and says nothing, and ``expires_at`` when to ask for a fresh session.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import trio
@@ -77,6 +79,10 @@ class Endpoint:
         return f"{self.url}?model={quote(self.model)}"
 
 
+Reconnecting = bool | Literal["once_connected"]
+"""When the transport retries: always, never, or once it has connected (see `run_transport`)."""
+
+
 @dataclass
 class Renew:
     """In the outbound stream: close this connection and open a fresh session now."""
@@ -100,7 +106,7 @@ async def run_transport(
     inbound: trio.abc.SendChannel[TransportNews],
     *,
     stats: LinkStats,
-    reconnect: bool,
+    reconnect: Reconnecting,
 ) -> None:
     """Keep one connection open and carry events both ways until ``outbound`` closes.
 
@@ -110,10 +116,12 @@ async def run_transport(
         outbound: client events to send, in order; while disconnected they are dropped.
         inbound: gets server events, plus ``Connected`` / ``Disconnected`` / ``CommitSent``.
         stats: counters to update.
-        reconnect: retry with backoff after a failure (a daemon); else raise it.
+        reconnect: ``True``: retry with backoff after any failure (a daemon); ``False``: raise
+            it; ``"once_connected"``: raise a failure to connect the first time, or a fatal one,
+            retry the rest (a batch that must not give up on a dropped link).
 
     Raises:
-        TransportError: with ``reconnect`` false, the failure that ended the connection.
+        TransportError: the failure that ended the connection, unless it is retried.
     """
     fast = Backoff(start=BACKOFF_START, cap=BACKOFF_MAX, healthy_after=HEALTHY_AFTER)
     slow = Backoff(start=FATAL_RETRY, cap=FATAL_RETRY_MAX, healthy_after=HEALTHY_AFTER)
@@ -127,7 +135,8 @@ async def run_transport(
                 continue
             except TransportError as exc:
                 await inbound.send(Disconnected(exc))
-                if not reconnect:
+                once = reconnect == "once_connected"
+                if not reconnect or (once and (exc.fatal or stats.connects == 0)):
                     raise
                 retry = (slow if exc.fatal else fast).failed(trio.current_time(), str(exc))
                 if retry.news:  # the same failure again is not news
