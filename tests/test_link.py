@@ -9,11 +9,13 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from tests.conftest import SIM_KEY
+from tests.conftest import SIM_KEY, config_file, read_wav, tone, write_wav
 from tests.netproxy import NetProxy
 from tests.test_auth_e2e import first_ready
 from tests.test_daemon import MIC, daemon, elapse, next_event
+from voiced.app import ask
 from voiced.audio import ms_of
+from voiced.config import load_config
 from voiced.events import ConnectionChanged, Event, TurnEnded
 from voiced.sim import Simulator
 
@@ -84,3 +86,31 @@ async def test_audio_heard_while_the_link_is_down_arrives_bit_exact(
         if e["type"] == "input_audio_buffer.append"
     )
     assert heard.startswith(sent_before)  # what the old link carried is sent again first
+
+
+async def test_ask_asks_again_after_a_dropped_link(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``voiced ask``: the link drops while the answer streams; ask reconnects, asks again,
+    and every turn is answered in the end."""
+    sim = Simulator(api_key=SIM_KEY, pace=1.0)  # the 1 s answer streams for 1 s
+    proxy = NetProxy(await nursery.start(sim.serve))
+    await nursery.start(proxy.serve)
+    question = write_wav(tmp_path / "q.wav", tone(1.0, seed=3))
+    path = config_file(
+        tmp_path, f"realtime: {{url: '{proxy.url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
+    )
+    results: list[TurnEnded] = []
+
+    async def run_ask() -> None:
+        results.extend(await ask(load_config(path), [question], tmp_path / "out.wav"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(run_ask)
+            await trio.sleep(0.5)  # half a virtual second into the answer...
+            proxy.drop()  # ...the link drops
+    assert [(r.turn, r.outcome) for r in results] == [(1, "completed")]
+    old, new = sim.connections
+    assert new.committed_audio == old.committed_audio == [read_wav(question)]
+    assert read_wav(tmp_path / "out.wav").endswith(new.reply_audio[0])
