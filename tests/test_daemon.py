@@ -54,11 +54,12 @@ async def daemon(
     plugins: str = "  stdout: {}\n",
     auth: str = f"{{api_key: {SIM_KEY}}}",
     realtime: str = "",
+    extra: str = "",
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
     """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http plugin
     and ``plugins`` (YAML lines under ``plugins:``; default stdout); yields the pipeline, an HTTP
     client for the control API and a subscription to every event published from then on. The
-    ``audio`` settings left None keep the defaults; ``auth`` is the auth section (flow YAML), ``realtime`` more entries of the realtime one."""
+    ``audio`` settings left None keep the defaults; ``auth`` is the auth section (flow YAML), ``realtime`` more entries of the realtime one, ``extra`` more top-level YAML."""
     port = free_port()
     mic = write_wav(tmp_path / "mic.wav", MIC)
     audio = "".join(
@@ -74,7 +75,7 @@ async def daemon(
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
         f"realtime: {str(speaker_realtime).lower()}}}\n"
         f"  earcons: {str(earcons).lower()}\n{audio}"
-        f"plugins:\n  http: {{port: {port}}}\n{plugins}",
+        f"plugins:\n  http: {{port: {port}}}\n{plugins}{extra}",
     )
     stop = trio.Event()
     with ExitStack() as after:

@@ -9,15 +9,15 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from tests.conftest import SIM_KEY, config_file, read_wav, tone, write_wav
+from tests.conftest import SIM_KEY, RunningSim, config_file, read_wav, tone, write_wav
 from tests.netproxy import NetProxy
-from tests.test_auth_e2e import first_ready
+from tests.test_auth_e2e import first_ready, until_ready
 from tests.test_daemon import MIC, daemon, elapse, next_event
 from voiced.app import ask
 from voiced.audio import ms_of
 from voiced.config import load_config
 from voiced.events import ConnectionChanged, Event, TurnEnded
-from voiced.sim import Simulator
+from voiced.sim import SimConnection, Simulator
 
 
 async def connection_events(events: trio.abc.ReceiveChannel[Event], n: int) -> list[float]:
@@ -114,3 +114,43 @@ async def test_ask_asks_again_after_a_dropped_link(
     old, new = sim.connections
     assert new.committed_audio == old.committed_audio == [read_wav(question)]
     assert read_wav(tmp_path / "out.wav").endswith(new.reply_audio[0])
+
+
+async def test_the_last_turns_are_carried_into_a_fresh_session(
+    sim: RunningSim, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``resilience.carry_over_turns: 1``: after a renewal the new session first gets the last
+    completed turn's words as text messages, so the conversation goes on."""
+    extra = "resilience: {carry_over_turns: 1}\n"
+    with trio.fail_after(60):
+        async with daemon(tmp_path, sim.url, extra=extra) as (pipe, http, events):
+            await first_ready(pipe, events)
+            for _ in range(2):
+                assert (await http.post("/start")).status_code == 202
+                await elapse(0.5)
+                assert (await http.post("/commit")).status_code == 202
+                await next_event(events, TurnEnded)
+            await pipe.renew()
+            await until_ready(events)
+            await trio.testing.wait_all_tasks_blocked()
+    first, second = sim.sim.connections
+    said = [t["text"] for t in _texts(first)]
+    assert len(said) == 4  # two turns: the user's words and the answer's, each
+    created = [e for e in second.received if e["type"] == "conversation.item.create"]
+    assert [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in created] == [
+        ("user", said[2]),
+        ("assistant", said[3]),
+    ]  # only the last turn
+    assert [e["type"] for e in second.received[: len(created) + 1]] == [
+        "session.update",
+        *["conversation.item.create"] * len(created),
+    ]
+
+
+def _texts(conn: SimConnection) -> list[dict[str, str]]:
+    """The final transcripts the simulator sent on ``conn``, user and agent, in order."""
+    out = []
+    for e in conn.sent:
+        if e["type"] == "conversation.item.input_audio_transcription.completed" or e["type"] == "response.output_audio_transcript.done":
+            out.append({"text": e["transcript"]})
+    return out

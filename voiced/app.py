@@ -33,6 +33,7 @@ from voiced.errors import ConfigError, VoicedError
 from voiced.events import Event, PluginChanged, TurnEnded
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
+from voiced.recall import Recall
 from voiced.saved import SavedState, resolve, saved_state_file, state_dir
 from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
@@ -134,7 +135,7 @@ async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
     why = "realtime.url: sim" if config.realtime.url else "no API key is configured"
     token = secrets.token_urlsafe(16)  # the loopback server takes only this process's token
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(Simulator(api_key=token, pace=0.0).serve)
+        port = await nursery.start(Simulator(api_key=token, pace=0.0, record=False).serve)
         sim_url = f"ws://127.0.0.1:{port}/v1/realtime"
         log.info("realtime: the simulator built into voiced at %s (%s)", sim_url, why)
         credentials = find_credentials(config, sim_url, ApiKey(token, "the simulator"))
@@ -287,6 +288,7 @@ async def run_daemon(
         async with open_pipeline(
             endpoint, session_update(config), microphone=microphone, speaker=speaker,
             reconnect=True, controller=_controller(config),
+            recall=Recall(config.resilience.carry_over_turns),
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip

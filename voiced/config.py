@@ -321,8 +321,13 @@ class ResilienceConfig:
     retry_window_s: float = 10.0
     """A turn whose answer the lost link cut off (or that was waiting for it) is asked again
     on the new session if that is ready within this many seconds; later, the turn is lost."""
+    carry_over_turns: int = 0
+    """After a reconnect or a renewal, add the last this many completed turns' transcripts to
+    the new session as text messages, so the conversation goes on (0: a fresh start)."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.carry_over_turns <= 50:
+            raise FieldError("must be between 0 and 50", field="carry_over_turns")
         for name in ("hold_audio_s", "retry_window_s"):
             if not 0.0 <= getattr(self, name) <= 600.0:
                 raise FieldError("must be between 0 and 600 seconds", field=name)

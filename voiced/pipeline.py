@@ -26,6 +26,7 @@ from voiced.broadcast import Broadcast
 from voiced.devices.base import Microphone, Speaker
 from voiced.events import DeviceChanged
 from voiced.messages import Inbound, RenewSession, Shutdown
+from voiced.recall import Recall
 from voiced.session import Session
 from voiced.stages.capture import AudioGate, run_intake
 from voiced.stages.decode import run_decode
@@ -106,6 +107,7 @@ async def open_pipeline(
     controller: TurnController | None = None,
     gate: AudioGate | None = None,
     earcons: Mapping[str, bytes] | None = None,
+    recall: Recall | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Run the data path for the body of the ``async with``; drain it on the way out.
 
@@ -118,6 +120,7 @@ async def open_pipeline(
         controller: the push-to-talk rules (default: the defaults).
         gate: what of the captured audio is sent (default: no pre-roll, half duplex).
         earcons: the sounds played on listening, commit, error and too short, by name.
+        recall: the turns carried into a fresh session (default: none).
     """
     inbound_send, inbound_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     encode_send, encode_recv = trio.open_memory_channel[AudioFrame | p.ClientEvent | Renew](
@@ -148,6 +151,7 @@ async def open_pipeline(
         to_decode=decode_send,
         player=player,
         earcons=earcons or {},
+        recall=recall or Recall(0),
     )
     async with trio.open_nursery() as core:
         core.start_soon(session.run, inbound_recv)

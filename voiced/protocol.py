@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from voiced.errors import LocalProtocolError, RemoteProtocolError
 from voiced.server_events import PARSERS, PASSIVE, Json
@@ -151,6 +151,20 @@ class ResponseCancel(ClientEvent):
 
     def body(self) -> Json:
         return {} if self.response_id is None else {"response_id": self.response_id}
+
+
+@dataclass
+class ConversationItemCreate(ClientEvent):
+    """Add a text message to the conversation: what was said before, in a fresh session."""
+
+    type: ClassVar[str] = "conversation.item.create"
+    role: Literal["user", "assistant"]
+    text: str
+
+    def body(self) -> Json:
+        kind = "input_text" if self.role == "user" else "output_text"
+        content = [{"type": kind, "text": self.text}]
+        return {"item": {"type": "message", "role": self.role, "content": content}}
 
 
 @dataclass

@@ -40,6 +40,7 @@ from voiced.messages import (
     RenewSession,
     Shutdown,
 )
+from voiced.recall import Recall
 from voiced.stages.capture import AudioGate
 from voiced.stages.playback import Player
 from voiced.stages.transport import Renew
@@ -68,8 +69,10 @@ class Session:
         to_decode: trio.abc.SendChannel[a.Play | EndOfReply | AnswerAgain | Earcon],
         player: Player,
         earcons: Mapping[str, bytes] | None = None,
+        recall: Recall | None = None,
     ) -> None:
         self.controller = controller
+        self._recall = recall or Recall(0)
         self._gate = gate
         self._meter = TurnMeter()
         self._status = status
@@ -191,6 +194,9 @@ class Session:
                 self._meter.spent(action.turn, action.usage)
                 self._publish(TokensUsed(action.turn, action.usage))
             elif isinstance(action, a.Ready):
+                if self.ready.is_set():  # a fresh session after the first: carry the last turns
+                    for item in self._recall.items():
+                        await self._encode.send(item)
                 log.info("ready: the session is up, a press starts a turn")
                 self._publish(ConnectionChanged(True, ready=True))
                 self.ready.set()
@@ -234,6 +240,7 @@ class Session:
             await self._decode.send(Earcon(name, pcm))
 
     def _transcript(self, said: a.Transcribed) -> None:
+        self._recall.heard(said)
         at, session = time.time(), self._session_id
         self._publish(
             Transcript(
@@ -250,6 +257,7 @@ class Session:
 
     def _turn_over(self, over: a.TurnOver) -> None:
         self._turn_audio = []  # the turn is answered (or given up): nothing to send again
+        self._recall.ended(over.turn, over.outcome)
         meter = self._meter
         ended = TurnEnded(
             over.turn, over.outcome, meter.latencies(), over.reason, meter.usage, self._session_id
