@@ -29,6 +29,9 @@ MAX_BODY = 4096
 """Bytes of a request body taken; a longer one is refused (413) and not read further."""
 VERDICT_TIMEOUT = 3.0
 """Seconds a command waits for the daemon's verdict before the answer is 503 (it is wedged)."""
+MAX_RETRY_AFTER = 86400.0
+"""The longest wait a 429 answers with (seconds): a rate limit near 0 asks for more than a
+float holds."""
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/start": ("POST",),
     "/commit": ("POST",),
@@ -44,6 +47,15 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
 
 def _json(body: object) -> bytes:
     return json.dumps(body).encode() + b"\n"
+
+
+def _parsed(body: bytes) -> object:
+    """The JSON value of a request body, or None when it is none (not JSON, not UTF-8, or nested
+    deeper than the parser recurses)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 class App:
@@ -90,6 +102,7 @@ class App:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         wait = self._limit.take(client)
         if wait:
+            wait = wait if wait < MAX_RETRY_AFTER else MAX_RETRY_AFTER  # infinity (and NaN) too
             retry = str(max(1, math.ceil(wait))).encode()
             body = {"error": "too many requests", "retry_after_s": round(wait, 3)}
             await self._respond(send, 429, body, head, [(b"retry-after", retry)])
@@ -184,13 +197,16 @@ class App:
         return await self._command(Command(path[1:]), query, body)
 
     async def _set_volume(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        refused = 400, {"error": 'send {"volume": 0.0-1.0}'}
+        given = _parsed(body)
+        volume = given.get("volume") if isinstance(given, dict) else None
+        if isinstance(volume, bool) or not isinstance(volume, int | float):
+            return refused
         try:
-            volume = json.loads(body)["volume"]
-            if isinstance(volume, bool) or not isinstance(volume, int | float):
-                raise TypeError(volume)
+            # An integer past float's range overflows; the daemon refuses NaN and the rest.
             await self.daemon.set_volume(float(volume))
-        except (ValueError, KeyError, TypeError):
-            return 400, {"error": 'send {"volume": 0.0-1.0}'}
+        except (ValueError, OverflowError):
+            return refused
         return 200, {"volume": float(volume)}
 
     async def _command(
@@ -202,10 +218,7 @@ class App:
                 return 400, {"error": "reply must be true or false"}
             replies.append(value.lower() == "true")
         if body.strip():
-            try:
-                given = json.loads(body)
-            except ValueError:
-                given = None
+            given = _parsed(body)
             if not isinstance(given, dict) or not isinstance(given.get("reply", True), bool):
                 return 400, {"error": 'send no body, or {"reply": true|false}'}
             if "reply" in given:

@@ -93,6 +93,31 @@ CLIENT_EVENTS: list[tuple[str, p.ClientEvent, dict[str, Any]]] = [
         },
     ),
     (
+        "carry-user",
+        p.ConversationItemCreate("user", "what time is it", event_id="carry_0"),
+        {
+            "type": "conversation.item.create",
+            "event_id": "carry_0",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "what time is it"}],
+            },
+        },
+    ),
+    (
+        "carry-assistant",
+        p.ConversationItemCreate("assistant", "ten past two"),
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "ten past two"}],
+            },
+        },
+    ),
+    (
         "append",
         p.InputAudioBufferAppend(SOME_PCM),
         {"type": "input_audio_buffer.append", "audio": B64},

@@ -171,11 +171,21 @@ PASSIVE = frozenset(
 )
 
 
+SHOWN = 80
+"""Characters of a malformed value an error message shows (a frame can be megabytes)."""
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to `SHOWN` characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 3]}..."
+
+
 def _str(data: Json, key: str, kind: str | None = None) -> str:
     value = data.get(key)
     if not isinstance(value, str):
         where = kind or data.get("type")
-        raise RemoteProtocolError(f"{where}: expected a string {key!r}, got {value!r}")
+        raise RemoteProtocolError(f"{where}: expected a string {key!r}, got {_shown(value)}")
     return value
 
 
@@ -187,14 +197,18 @@ def _opt_str(data: Json, key: str) -> str | None:
 def _sub(data: Json, key: str) -> Json:
     value = data.get(key)
     if not isinstance(value, dict):
-        raise RemoteProtocolError(f"{data.get('type')}: expected an object {key!r}, got {value!r}")
+        raise RemoteProtocolError(
+            f"{data.get('type')}: expected an object {key!r}, got {_shown(value)}"
+        )
     return value
 
 
 def _int(data: Json, key: str) -> int:
     value = data.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise RemoteProtocolError(f"{data.get('type')}: expected an integer {key!r}, got {value!r}")
+        raise RemoteProtocolError(
+            f"{data.get('type')}: expected an integer {key!r}, got {_shown(value)}"
+        )
     return value
 
 
@@ -208,10 +222,13 @@ def _audio_delta(t: str, d: Json) -> ServerEvent:
 
 def _response_done(t: str, d: Json) -> ServerEvent:
     response = _sub(d, "response")
-    details = response.get("status_details") or {}
-    reason = details.get("reason") if isinstance(details, dict) else None
-    if reason is None and isinstance(details, dict) and isinstance(details.get("error"), dict):
-        reason = details["error"].get("message")
+    details = response.get("status_details")
+    details = details if isinstance(details, dict) else {}
+    error = details.get("error")
+    # Optional and only shown: one that is not a string is no reason, never an error.
+    reason = _opt_str(details, "reason")
+    if reason is None and isinstance(error, dict):
+        reason = _opt_str(error, "message")
     rid, status = _opt_str(response, "id"), _opt_str(response, "status")
     return ResponseDone(t, rid, status, reason, _usage(response.get("usage")))
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import itertools
+import math
 import os
 import re
 import types
@@ -36,11 +38,29 @@ _STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{kind}" for kind in ("str", "map", "seq"
 _DOLLAR = re.compile(r"\$(?:\$|\{(?P<body>[^}]*)(?P<close>\}?))")
 _REFERENCE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 _RESOLVER = yaml.resolver.Resolver()
+MAX_VALUES = 10_000
+"""Values a document may hold once its aliases are expanded (a config has a few hundred): past
+it, aliases nested in aliases (a "billion laughs") would take minutes and gigabytes to expand."""
+MAX_INT = 2**63 - 1
+"""The largest integer a setting takes: past it, no setting means anything, and floats, SQLite
+and C libraries fail on it with errors of their own."""
+
+
+def _is_int(value: object) -> bool:
+    """An integer a setting can take: no bool, and at most `MAX_INT` either way."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
+
+
+def _is_number(value: object) -> bool:
+    """Such an integer, or a float but NaN, which every range check (``x < 0``) lets through."""
+    return _is_int(value) or (isinstance(value, float) and not math.isnan(value))
+
+
 # What each plain field type is called in errors, and which values fit it (bools are no numbers).
 _SIMPLE: dict[object, tuple[str, Callable[[object], bool]]] = {
     str: ("a string", lambda v: isinstance(v, str)),
-    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    float: ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    int: ("an integer", _is_int),
+    float: ("a number", _is_number),
     bool: ("a boolean", lambda v: isinstance(v, bool)),
     type(None): ("null", lambda v: v is None),
 }
@@ -109,20 +129,31 @@ def load_document(path: str | Path) -> Located:
         raise ConfigError(f"invalid YAML: {exc.problem}{where}", file=file, line=line) from exc
     except yaml.YAMLError as exc:  # the reader's bad-character errors carry no line
         raise ConfigError(f"invalid YAML: {str(exc).splitlines()[0]}", file=file) from exc
+    except RecursionError:  # nested deeper than the composer's recursion can follow
+        raise ConfigError("invalid YAML: nested too deeply", file=file) from None
     if root is None:
         return Located({}, 1, file)
-    document = _locate(root, file, "", root.start_mark.line + 1)
+    try:
+        document = _locate(root, file, "", root.start_mark.line + 1, itertools.count())
+    except RecursionError:  # nested too deeply, or a collection holding an alias of itself
+        message = "nested too deeply, or an alias inside the collection it names"
+        raise ConfigError(message, file=file) from None
     return Located(as_mapping(document, ""), document.line, file)
 
 
-def _locate(node: yaml.Node, file: str, key: str, line: int) -> Located:
+def _locate(
+    node: yaml.Node, file: str, key: str, line: int, counted: itertools.count[int]
+) -> Located:
+    if next(counted) >= MAX_VALUES:
+        message = f"over {MAX_VALUES} values once its aliases are expanded (aliases of aliases?)"
+        raise ConfigError(message, file=file, line=line, key=key)
     if isinstance(node, yaml.ScalarNode):
         return Located(_scalar(node, file, key, line), line, file, key)
     if node.tag not in (_MAP, _SEQ):
         raise ConfigError(f"unsupported YAML tag {node.tag}", file=file, line=line, key=key)
     if isinstance(node, yaml.SequenceNode):
         items = [
-            _locate(item, file, f"{key}[{i}]", item.start_mark.line + 1)
+            _locate(item, file, f"{key}[{i}]", item.start_mark.line + 1, counted)
             for i, item in enumerate(node.value)
         ]
         return Located(items, line, file, key)
@@ -138,7 +169,7 @@ def _locate(node: yaml.Node, file: str, key: str, line: int) -> Located:
         if key_node.value in entries:
             message = f"duplicate key (first on line {entries[key_node.value].line})"
             raise ConfigError(message, file=file, line=key_line, key=path)
-        entries[key_node.value] = _locate(value_node, file, path, key_line)
+        entries[key_node.value] = _locate(value_node, file, path, key_line, counted)
     return Located(entries, line, file, key)
 
 
@@ -155,6 +186,10 @@ def _scalar(node: yaml.ScalarNode, file: str, key: str, line: int) -> Scalar:
     except (yaml.YAMLError, ValueError) as exc:  # unknown tags, impossible dates
         problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
         raise ConfigError(f"invalid value: {problem}", file=file, line=line, key=key) from exc
+    except (LookupError, AttributeError) as exc:  # `!!bool maybe`, `!!int ''`, `!!timestamp x`
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        message = f"invalid value: {_describe(node.value)} is not a {tag}"
+        raise ConfigError(message, file=file, line=line, key=key) from exc
     return value
 
 
@@ -221,6 +256,9 @@ def build(cls: type[T], node: Located, key: str) -> T:
         raise ConfigError(exc.reason, file=node.file, line=line, key=_join(key, exc.field)) from exc
     except ValueError as exc:
         raise ConfigError(str(exc), file=node.file, line=node.line, key=key) from exc
+    except OSError as exc:  # a check that looks at the file system (a path too long to stat)
+        message = f"cannot check it: {exc.strerror or exc}"
+        raise ConfigError(message, file=node.file, line=node.line, key=key) from exc
 
 
 def as_mapping(node: Located, key: str) -> dict[str, Located]:
@@ -289,6 +327,8 @@ def _describe(value: object) -> str:
         return "a mapping" if isinstance(value, dict) else "a list"
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int) and abs(value) > MAX_INT:  # str() refuses past 4300 digits
+        return f"an integer of {value.bit_length()} bits (too large)"
     return repr(value) if isinstance(value, str) else str(value)
 
 

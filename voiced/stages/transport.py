@@ -184,8 +184,9 @@ async def _connection(
                 nursery.start_soon(link.write, outbound, inbound)
                 nursery.start_soon(link.heartbeat)
                 await link.read(hello, inbound)
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await link.ws.aclose()
+            if link.failure is None:  # a dead or silent link gets no closing handshake
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await link.ws.aclose()
             websocket.cancel_scope.cancel()
     except* tw.ConnectionRejected as group:
         rejected = group.exceptions[0]
