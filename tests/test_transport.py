@@ -243,3 +243,22 @@ async def test_a_server_that_accepts_and_then_says_nothing_is_not_waited_on(
     in_send, _in_recv = trio.open_memory_channel[TransportNews](64)
     with trio.fail_after(30), pytest.raises(TransportError, match=error):
         await run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=False)
+
+
+async def test_a_server_that_closes_before_the_upgrade_fails_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A proxy with no backend accepts TCP and closes it: that is an answer, not a timeout."""
+
+    async def close(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, close, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+    endpoint = Endpoint(f"ws://127.0.0.1:{port}/v1/realtime", "m", ApiKey(SIM_KEY))
+    _out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](1)
+    in_send, _in_recv = trio.open_memory_channel[TransportNews](8)
+    started = trio.current_time()
+    with pytest.raises(ServerUnreachable, match="closed the connection during the handshake"):
+        await run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=False)
+    assert trio.current_time() - started < 1  # not the 10 s connect timeout

@@ -233,16 +233,54 @@ async def _handshake(
     url = urlsplit(endpoint.full_url)
     default_port = 443 if url.scheme == "wss" else 80
     host = url.netloc if url.port not in (None, default_port) else (url.hostname or "")
+    # trio-websocket waits out the whole timeout when the server closes the connection before
+    # answering the upgrade (a proxy with no backend does): watch for that end of stream.
+    watched = _EndWatch(stream)
+    ws: tw.WebSocketConnection | None = None
     with trio.fail_after(endpoint.connect_timeout):
-        return await tw.wrap_client_stream(
-            nursery,
-            stream,  # type: ignore[arg-type]  # annotated for socket streams; any Stream works
-            host,
-            f"{url.path}?{url.query}",
-            extra_headers=headers,
-            max_message_size=MAX_FRAME,
-            receive_buffer_size=RECEIVE_BUFFER,
-        )
+        async with trio.open_nursery() as race:
+            race.start_soon(_cancel_at_end, watched, race.cancel_scope)
+            ws = await tw.wrap_client_stream(
+                nursery,
+                watched,  # type: ignore[arg-type]  # annotated for socket streams; any works
+                host,
+                f"{url.path}?{url.query}",
+                extra_headers=headers,
+                max_message_size=MAX_FRAME,
+                receive_buffer_size=RECEIVE_BUFFER,
+            )
+            race.cancel_scope.cancel()
+    if ws is None:
+        raise trio.BrokenResourceError("the server closed the connection during the handshake")
+    return ws
+
+
+async def _cancel_at_end(watched: _EndWatch, scope: trio.CancelScope) -> None:
+    await watched.ended.wait()
+    scope.cancel()
+
+
+class _EndWatch(trio.abc.Stream):
+    """A stream that tells when the other side has closed it (``ended``)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.ended = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self.inner.receive_some(max_bytes)
+        if not data:
+            self.ended.set()
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class _Link:
