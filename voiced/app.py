@@ -8,6 +8,7 @@ then the sinks read what is left. ``ask`` runs one turn per input file on one se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -16,6 +17,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,18 @@ from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
 from voiced.auth import ApiKey, find_credentials
 from voiced.broadcast import Subscription
-from voiced.config import AudioConfig, Config
+from voiced.config import AudioConfig, Config, load_config
 from voiced.devices.wav import WavSpeaker, read_wav
 from voiced.earcons import load_earcons
 from voiced.errors import ConfigError, VoicedError
 from voiced.events import Event, PluginChanged, TurnEnded
+from voiced.messages import RenewSession
+from voiced.notify import Notifier
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
 from voiced.recall import Recall
 from voiced.saved import SavedState, resolve, saved_state_file, state_dir
+from voiced.service import status_line, supervise
 from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
 from voiced.stages.transport import Endpoint
@@ -165,6 +170,12 @@ class _Handle:
     name: str
     saved: SavedState
     config: Config
+    subscriptions: list[Subscription] = dataclasses.field(default_factory=list)
+
+    def end(self) -> None:
+        """The plugin is being replaced: its subscriptions end once what is queued is read."""
+        for subscription in self.subscriptions:
+            subscription.end()
 
     @property
     def device_id(self) -> str:
@@ -186,7 +197,9 @@ class _Handle:
             )
 
     def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
-        return self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)
+        subscription = self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)
+        self.subscriptions.append(subscription)
+        return subscription
 
     def status(self) -> dict[str, Any]:
         return self.pipeline.status()
@@ -230,18 +243,28 @@ class _Ready:
 
 
 @asynccontextmanager
-async def _signals() -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """A shutdown trigger that returns on the first SIGINT/SIGTERM.
+async def _signals() -> AsyncIterator[
+    tuple[Callable[[], Awaitable[None]], trio.abc.ReceiveChannel[None]]
+]:
+    """A shutdown trigger that returns on the first SIGINT/SIGTERM, and a channel that gets
+    one item per SIGHUP (reload the config).
 
     The receiver stays installed until the daemon has shut down, so that a second signal
     (``timeout`` and a terminal both forwarding one) is noted instead of interrupting the drain.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    stop = (signal.SIGINT, signal.SIGTERM)
+    reload_send, reload_recv = trio.open_memory_channel[None](1)
+    with trio.open_signal_receiver(*stop, signal.SIGHUP) as signals:
         first = trio.Event()
 
         async def watch() -> None:
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading %s", "later" if first.is_set() else "the config")
+                    with contextlib.suppress(trio.WouldBlock):  # one reload pending is enough
+                        reload_send.send_nowait(None)
+                    continue
                 log.info(
                     "%s: %s", name, "already shutting down" if first.is_set() else "shutting down"
                 )
@@ -249,7 +272,7 @@ async def _signals() -> AsyncIterator[Callable[[], Awaitable[None]]]:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            yield first.wait
+            yield first.wait, reload_recv
             nursery.cancel_scope.cancel()
 
 
@@ -257,22 +280,31 @@ async def run_daemon(
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    reloads: trio.abc.ReceiveChannel[None] | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Pipeline] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM (or ``shutdown_trigger`` returns).
+    """Run the daemon until SIGINT/SIGTERM (or ``shutdown_trigger`` returns), reloading the
+    config on SIGHUP (or each item of ``reloads``), telling systemd how it goes.
 
     Args:
         config: the configuration.
         shutdown_trigger: awaited; when it returns, the daemon shuts down. Default: a signal.
+        reloads: each item asks for a reload of the config file. Default: SIGHUP.
+        notifier: where systemd is told (default: ``$NOTIFY_SOCKET``, when there is one).
         task_status: gets the running pipeline once every plugin is up.
 
     Raises:
         VoicedError: the config, a device or a plugin is wrong at startup.
     """
     if shutdown_trigger is None:
-        async with _signals() as on_signal:
-            await run_daemon(config, shutdown_trigger=on_signal, task_status=task_status)
+        async with _signals() as (on_signal, on_hangup):
+            await run_daemon(
+                config, shutdown_trigger=on_signal, reloads=on_hangup, notifier=notifier,
+                task_status=task_status,
+            )  # fmt: skip
         return
+    notifier = notifier or Notifier.from_environment()
     plugins = Plugins(config).create_enabled()
     saved = SavedState(saved_state_file(config.state_dir))
     audio = _resolved(config)
@@ -292,17 +324,161 @@ async def run_daemon(
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
-            sink_plugins = [s for s in plugins if s.spec.sink or not s.spec.input]
-            await _start_plugins(sinks, sink_plugins, pipe, saved, config)
-            async with trio.open_nursery() as inputs:
-                input_plugins = [s for s in plugins if s.spec.input and not s.spec.sink]
-                await _start_plugins(inputs, input_plugins, pipe, saved, config)
-                log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
+            plugged = _Plugged(pipe, saved, sinks)
+            await plugged.start(config, plugins)
+            log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
+            async with trio.open_nursery() as service:
+                ready_within = config.realtime.connect_timeout + 5
+                await service.start(partial(supervise, pipe, notifier, ready_within=ready_within))
                 task_status.started(pipe)
-                await shutdown_trigger()
-                inputs.cancel_scope.cancel()
+                reload = partial(_reload, pipe, plugged, notifier)
+                await _until_stopped(shutdown_trigger, reloads, reload)
+                notifier.stopping()
+                plugged.stop_inputs()
+                service.cancel_scope.cancel()
         # The pipeline has drained and ended every event channel: sinks write out the rest.
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+
+
+async def _until_stopped(
+    stop: Callable[[], Awaitable[None]],
+    reloads: trio.abc.ReceiveChannel[None] | None,
+    reload: Callable[[], Awaitable[None]],
+) -> None:
+    """Until ``stop`` returns, reload the config for each item of ``reloads``."""
+    async with trio.open_nursery() as nursery:
+
+        async def stopper() -> None:
+            await stop()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stopper)
+        if reloads is not None:
+            async for _ in reloads:
+                await reload()
+
+
+class _Plugged:
+    """The running plugins and the config they run with. A reload restarts only the plugins
+    whose section changed (stopped, then started again: a sink drains first, and misses only
+    what is published in the moment between)."""
+
+    def __init__(self, pipe: Pipeline, saved: SavedState, nursery: trio.Nursery) -> None:
+        self._pipe, self._saved, self._nursery = pipe, saved, nursery
+        self.config = Config.default()
+        self._running: dict[str, _Running] = {}
+
+    async def start(self, config: Config, plugins: Sequence[Loaded]) -> list[str]:
+        """Run ``plugins`` with ``config``: stop those gone or changed, start those new or
+        changed (sinks before inputs). Returns the names started.
+
+        Raises:
+            VoicedError: a plugin failed to start.
+        """
+        old, self.config = self.config, config
+        wanted = {loaded.spec.name: loaded for loaded in plugins}
+        for name, running in list(self._running.items()):
+            same = name in wanted and old.plugins.get(name) == config.plugins.get(name)
+            if not same or old.device_id != config.device_id:
+                await running.stop()
+                del self._running[name]
+        fresh = [p for p in wanted.values() if p.spec.name not in self._running]
+        fresh.sort(key=lambda loaded: not (loaded.spec.sink or not loaded.spec.input))
+        for loaded in fresh:
+            handle = _Handle(
+                self._pipe.commands.clone(), self._pipe, loaded.spec.name, self._saved, config
+            )
+            sink = loaded.spec.sink or not loaded.spec.input
+            running = _Running(handle, sink)
+            await self._nursery.start(running.run, loaded)
+            self._running[loaded.spec.name] = running
+        return [loaded.spec.name for loaded in fresh]
+
+    def stop_inputs(self) -> None:
+        """Shutting down: inputs stop now; sinks stop when their events end."""
+        for running in self._running.values():
+            if not running.sink:
+                running.scope.cancel()
+
+
+@dataclass
+class _Running:
+    """One running plugin."""
+
+    handle: _Handle
+    sink: bool
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    async def run(self, loaded: Loaded, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with self.scope:
+                await _run_plugin(loaded, self.handle, task_status=task_status)
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        """Stop it and wait until it has: an input at once, a sink once it has written what it
+        had (at most ``SINK_GRACE`` seconds)."""
+        if self.sink:
+            self.handle.end()
+            self.scope.deadline = trio.current_time() + SINK_GRACE
+        else:
+            self.scope.cancel()
+        await self.done.wait()
+
+
+async def _reload(pipe: Pipeline, plugged: _Plugged, notifier: Notifier) -> None:
+    """Read the config file again and apply what can be applied while running: the session's
+    settings (from the next session, once idle, so no turn is dropped) and the plugins. What
+    needs a restart is named in the log."""
+    notifier.reloading()
+    config = plugged.config
+    try:
+        if config.source is None:
+            raise ConfigError("no config file to reload")
+        new = load_config(config.source)
+        plugins = Plugins(new).create_enabled()
+    except VoicedError as exc:
+        log.error("reload refused, the running config stays: %s", exc)
+        notifier.ready(status_line(pipe.status()))
+        return
+    hello = session_update(new)
+    if hello != session_update(config):
+        await pipe.inbound.send(RenewSession(hello))
+        log.info("reload: new session settings, from the next session (taken once idle)")
+    fixed = [key for key in RESTART_ONLY if _at(config, key) != _at(new, key)]
+    try:
+        restarted = await plugged.start(new, plugins)
+    except VoicedError as exc:
+        log.error("reload: a plugin failed to start: %s; the previous plugins run again", exc)
+        await plugged.start(config, Plugins(config).create_enabled())
+        restarted = []
+    if restarted:
+        log.info("reload: plugins (re)started: %s", ", ".join(restarted))
+    if fixed:
+        log.warning("reload: %s changed: restart voiced to apply it", ", ".join(fixed))
+    notifier.ready(status_line(pipe.status()))
+
+
+RESTART_ONLY = (
+    "state_dir",
+    "realtime.url",
+    "realtime.model",
+    "realtime.connect_timeout",
+    "realtime.reply_timeout_s",
+    "auth",
+    "audio",
+    "resilience",
+)
+"""What a reload cannot change while running: it is named in the log instead."""
+
+
+def _at(config: Config, key: str) -> object:
+    value: object = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def device_id(config: Config) -> str:
@@ -337,10 +513,13 @@ async def _start_plugins(
     pipe: Pipeline,
     saved: SavedState,
     config: Config,
-) -> None:
+) -> list[_Handle]:
+    handles = []
     for loaded in plugins:
         handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, saved, config)
         await nursery.start(_run_plugin, loaded, handle)
+        handles.append(handle)
+    return handles
 
 
 async def ask(

@@ -7,7 +7,8 @@ sends is the only way the session learns of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from voiced import protocol as p
 from voiced.audio import AudioFrame, EndOfReply
@@ -51,7 +52,17 @@ class PlaybackStarted:
 
 @dataclass
 class RenewSession:
-    """A fresh session is wanted (before this one expires): reconnect once the daemon is idle."""
+    """A fresh session is wanted (before this one expires, or with new settings): reconnect
+    once the daemon is idle; ``hello``, when given, configures this and every later session."""
+
+    hello: p.SessionUpdate | None = None
+
+
+@dataclass
+class Alive:
+    """Asks the session loop whether it still turns (systemd's watchdog): it calls ``answer``."""
+
+    answer: Callable[[], None] = field(repr=False)
 
 
 @dataclass
@@ -69,6 +80,7 @@ Inbound = (
     | EndOfReply
     | PlaybackStarted
     | RenewSession
+    | Alive
     | DeviceChanged
     | PluginChanged
     | Shutdown

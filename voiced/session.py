@@ -32,6 +32,7 @@ from voiced.events import (
     TurnEnded,
 )
 from voiced.messages import (
+    Alive,
     CommitSent,
     Connected,
     Disconnected,
@@ -84,6 +85,7 @@ class Session:
         self._press = 0.0  # trio time of the command being handled
         self._session_id: str | None = None  # the realtime session's, for the events
         self._turn_audio: list[AudioFrame] = []  # every frame sent in the current turn
+        self._hello: p.SessionUpdate | None = None  # new session settings, for the renewal
         self.ready = trio.Event()
         """Set the first time the session is ready for a turn."""
 
@@ -148,7 +150,10 @@ class Session:
             )
             await self._apply(lost)
         elif isinstance(msg, RenewSession):
+            self._hello = msg.hello or self._hello
             await self._apply(self.controller.renew())
+        elif isinstance(msg, Alive):
+            msg.answer()
         elif isinstance(msg, DeviceChanged | PluginChanged):
             self._publish(msg)
 
@@ -201,7 +206,8 @@ class Session:
                 self._publish(ConnectionChanged(True, ready=True))
                 self.ready.set()
             elif isinstance(action, a.Reconnect):
-                await self._encode.send(Renew())
+                await self._encode.send(Renew(self._hello))
+                self._hello = None
             elif isinstance(action, a.Resend):
                 # Ahead of the new answer: what the old link brought of this turn stays stopped.
                 await self._decode.send(AnswerAgain(action.turn))

@@ -85,7 +85,10 @@ Reconnecting = bool | Literal["once_connected"]
 
 @dataclass
 class Renew:
-    """In the outbound stream: close this connection and open a fresh session now."""
+    """In the outbound stream: close this connection and open a fresh session now, configured
+    with ``hello`` from now on when one is given."""
+
+    hello: p.SessionUpdate | None = None
 
 
 @dataclass
@@ -131,6 +134,7 @@ async def run_transport(
             try:
                 if await _connection(link, hello, outbound, inbound):
                     return  # outbound closed: a clean shutdown
+                hello = link.next_hello or hello
                 await inbound.send(Disconnected(None))  # closed to renew: reconnect at once
                 continue
             except TransportError as exc:
@@ -142,19 +146,24 @@ async def run_transport(
                 if retry.news:  # the same failure again is not news
                     how = f"trying again in {retry.delay / 60:.0f} min" if exc.fatal else "retrying"
                     log.error("%s; %s", exc, how)
-            if await _drain_for(outbound, retry.delay):
+            closed, renewed = await _drain_for(outbound, retry.delay)
+            if closed:
                 return
+            hello = renewed or hello
 
 
 async def _drain_for(
     outbound: trio.abc.ReceiveChannel[p.ClientEvent | Renew], seconds: float
-) -> bool:
-    """Drop outbound events for ``seconds``; True if the channel closed meanwhile."""
+) -> tuple[bool, p.SessionUpdate | None]:
+    """Drop outbound events for ``seconds``; whether the channel closed meanwhile, and the
+    new session configuration a ``Renew`` brought, which is kept."""
+    hello = None
     with trio.move_on_after(seconds):
-        async for _ in outbound:
-            pass
-        return True
-    return False
+        async for event in outbound:
+            if isinstance(event, Renew):
+                hello = event.hello or hello
+        return True, hello
+    return False, hello
 
 
 async def _connection(
@@ -303,6 +312,8 @@ class _Link:
         self.closed: tw.ConnectionClosed | None = None
         self.renewing = False
         """Closed on purpose for a fresh session."""
+        self.next_hello: p.SessionUpdate | None = None
+        """The configuration of the fresh session, when it changes."""
         self.last_error: p.ErrorEvent | None = None
         """The last ``error`` event: what a fatal close that follows it means."""
         self.failure: TransportError | None = None
@@ -411,7 +422,7 @@ class _Link:
             async for event in outbound:
                 if isinstance(event, Renew):
                     log.info("renewing the session")
-                    self.renewing = True
+                    self.renewing, self.next_hello = True, event.hello
                     break
                 await self.ws.send_message(self.proto.send(event))
                 self.stats.events_sent += 1
