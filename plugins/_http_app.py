@@ -190,10 +190,12 @@ class App:
             return 200, {"volume": volume}
         if path == "/status":
             return 200, self.daemon.status()
-        if path == "/healthz":
+        if path == "/healthz":  # can a turn be taken: connected, and no device failing
             status = self.daemon.status()
-            ok = bool(status["connected"])
-            return (200 if ok else 503), {"ok": ok, "error": status["last_error"]}
+            failing = [f"{role}: {why}" for role, why in status.get("device_errors", {}).items()]
+            error = failing[0] if failing and status["connected"] else status["last_error"]
+            ok = bool(status["connected"]) and not failing
+            return (200 if ok else 503), {"ok": ok, "error": None if ok else error}
         return await self._command(Command(path[1:]), query, body)
 
     async def _set_volume(self, body: bytes) -> tuple[int, dict[str, Any]]:

@@ -17,14 +17,15 @@ import trio.testing
 
 from tests.conftest import SIM_KEY, RunningSim, free_port
 from tests.test_auth_e2e import first_ready
-from tests.test_daemon import MIC, elapse, next_event
+from tests.test_daemon import MIC, elapse, next_event, next_state
 from voiced.app import run_daemon
 from voiced.config import load_config
-from voiced.events import ConnectionChanged, Event, TurnEnded
+from voiced.events import ConnectionChanged, DeviceChanged, Event, TurnEnded
 from voiced.messages import Alive
 from voiced.notify import Notifier
 from voiced.pipeline import Pipeline
 from voiced.session import Session
+from voiced.turn import State
 
 
 class Systemd:
@@ -236,3 +237,43 @@ async def test_a_bad_config_on_reload_is_refused_and_the_daemon_runs_on(
     (refused,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert "realtime.voise: unknown key" in refused
     assert len(sim.sim.connections) == 1  # the session was left alone
+
+
+async def test_the_sample_utterance_never_reaches_a_real_server(
+    sim: RunningSim, tmp_path: Path
+) -> None:  # a real clock: PortAudio is probed in threads, under deadlines
+    """``backend: auto`` with no microphone and a configured server: the daemon stays up,
+    degraded (``/healthz`` says why), and a press sends nothing; the bundled sample is a demo
+    of the simulator only."""
+    pytest.importorskip("pyaudio")
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"realtime: {{url: '{sim.url}'}}\nauth: {{api_key: {SIM_KEY}}}\n"
+        f"audio: {{input: {{backend: auto}}, output: {{backend: null}}, earcons: false}}\n"
+        f"plugins: {{http: {{port: {port}}}}}\n"
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            pipe: Pipeline = await nursery.start(
+                lambda task_status: run_daemon(
+                    load_config(path), shutdown_trigger=trio.sleep_forever,
+                    notifier=Notifier(None), task_status=task_status,
+                )
+            )  # fmt: skip
+            events = pipe.broadcast.subscribe("test")
+            await first_ready(pipe, events)
+            while not pipe.status()["device_errors"]:
+                await next_event(events, DeviceChanged)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                health = await http.get("/healthz")
+                assert health.status_code == 503
+                assert health.json()["error"].startswith("microphone: ")
+                assert (await http.post("/start")).status_code == 202
+                assert await next_state(events) is State.LISTENING
+                await http.post("/commit")
+                await next_event(events, TurnEnded)
+            nursery.cancel_scope.cancel()
+    (conn,) = sim.sim.connections
+    assert not [e for e in conn.received if e["type"] == "input_audio_buffer.append"]
+    assert conn.committed_audio == []

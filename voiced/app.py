@@ -309,7 +309,7 @@ async def run_daemon(
     saved = SavedState(saved_state_file(config.state_dir))
     audio = _resolved(config)
     async with (
-        devices.open_microphone(audio.input) as microphone,
+        devices.open_microphone(audio.input, demo=choose_url(config) == "sim") as microphone,
         devices.open_speaker(
             audio.output, fallback=resolve(devices.DEFAULT_SPEAKER, config.state_dir)
         ) as speaker,

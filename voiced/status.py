@@ -192,6 +192,7 @@ class Status:
             "outcomes": dict(self.outcomes),
             "connection": dict(link),
             "sinks": {name: {"dropped": n} for name, n in dropped.items()},
+            "device_errors": dict(self.device_errors),
             "plugin_errors": dict(self.plugin_errors),
             "ignored": dict(self.ignored),
         }

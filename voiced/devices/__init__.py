@@ -40,17 +40,25 @@ def sample_utterance() -> Path:
 
 
 @asynccontextmanager
-async def open_microphone(config: AudioInputConfig) -> AsyncIterator[Microphone]:
+async def open_microphone(
+    config: AudioInputConfig, *, demo: bool = True
+) -> AsyncIterator[Microphone]:
     """The microphone the config asks for (``auto``: a real one if there is one), for the body
     of the ``async with``. It captures while its ``run`` runs, and releases the device itself.
+
+    Args:
+        config: the microphone's settings.
+        demo: the server is the simulator. Only then may ``auto`` with no device fall back to
+            the bundled sample utterance; a real server would be paid to hear it on every
+            press, so there ``auto`` waits for a device to appear instead (degraded meanwhile).
 
     Raises:
         DeviceError: the backend cannot be used (a missing file, PyAudio not installed).
     """
-    yield await _microphone(config)
+    yield await _microphone(config, demo)
 
 
-async def _microphone(config: AudioInputConfig) -> Microphone:
+async def _microphone(config: AudioInputConfig, demo: bool) -> Microphone:
     if config.backend == "null":
         return NullMicrophone()
     if config.backend == "wav":
@@ -59,6 +67,14 @@ async def _microphone(config: AudioInputConfig) -> Microphone:
     if config.backend == "pyaudio" or await _usable("input", config):
         microphone: Microphone = soundcard_module().PyAudioMicrophone(config)
         return microphone
+    if not demo:
+        module = soundcard_module()  # no PyAudio: one line on how to get it
+        log.warning(
+            "microphone: no usable input device yet; waiting for one (the bundled sample "
+            "utterance is only ever sent to the simulator)"
+        )
+        waiting: Microphone = module.PyAudioMicrophone(config)
+        return waiting
     log.info("microphone: the bundled sample utterance, looped (no usable input device)")
     return WavMicrophone(sample_utterance(), loop=True, realtime=True)
 
