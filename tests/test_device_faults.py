@@ -84,7 +84,9 @@ async def test_devices_vanish_and_come_back(sound: SoundServer, tmp_path: Path) 
                 assert gone.error == "'mic' stopped delivering audio"
                 status = (await http.get("/status")).json()
                 assert status["audio"]["input"]["error"] is not None  # and /status says so
-                assert (await http.get("/healthz")).status_code == 200
+                health = await http.get("/healthz")  # no turn can be heard: not healthy
+                assert health.status_code == 503
+                assert health.json()["error"] == "microphone: 'mic' stopped delivering audio"
                 await trio.to_thread.run_sync(sound.start)  # and plugged back in
                 while (back := await microphone_changed(events)).error is not None:
                     assert "no input device" in back.error or "neither mono" in back.error
