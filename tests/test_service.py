@@ -277,3 +277,69 @@ async def test_the_sample_utterance_never_reaches_a_real_server(
     (conn,) = sim.sim.connections
     assert not [e for e in conn.received if e["type"] == "input_audio_buffer.append"]
     assert conn.committed_audio == []
+
+
+def test_sigterm_mid_answer_finishes_the_turn_and_exits_0(tmp_path: Path) -> None:
+    """``voiced run`` as systemd runs it, against ``voiced sim`` answering in real time: SIGTERM
+    while the answer streams lets the turn end, writes both transcripts and the turn to the
+    file sink, closes the socket, and exits 0, well within systemd's stop timeout."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "voiced", "sim", "--port", "0", "--key", SIM_KEY, "--pace", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert sim.stderr is not None
+    found = None
+    while found is None:
+        found = re.search(r"simulator on (ws://\S+)\?", sim.stderr.readline())
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        config_text(tmp_path, found.group(1), port, "Be brief.", "text")
+        + f"  file: {{path: '{tmp_path / 't.jsonl'}'}}\n"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "voiced", "run", "--config", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:  # until the daemon says it is ready
+            if "ready: the session is up" in line:
+                break
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+            http.stream("GET", "/events") as stream,
+        ):
+            lines = stream.iter_lines()
+            assert http.post("/start").status_code == 202
+            time.sleep(1.0)  # the person speaks for a second (a real process: real time)
+            assert http.post("/commit").status_code == 202
+            for line in lines:
+                if '"state": "speaking"' in line:
+                    break
+        stopped = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 15
+        log_text = daemon.stderr.read()
+    finally:
+        for proc in (daemon, sim):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            assert proc.stderr is not None
+            proc.stderr.close()
+    assert "waiting up to 10 s for the turn being answered to end" in log_text
+    written = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    kinds = [
+        (e["kind"], e.get("role") or e.get("outcome")) for e in written if e["kind"] != "state"
+    ]
+    assert ("transcript", "user") in kinds
+    assert ("transcript", "agent") in kinds
+    assert ("turn", "completed") in kinds

@@ -48,6 +48,8 @@ from voiced.turn import Command, TurnCommand, TurnController
 log = logging.getLogger("voiced")
 
 OPENAI_URL = "wss://api.openai.com/v1/realtime"
+STOP_GRACE = 10.0
+"""Seconds a turn being answered may take to end when the daemon is asked to stop."""
 SINK_GRACE = 5.0
 """Seconds sinks get at shutdown to write out what is queued."""
 
@@ -335,9 +337,24 @@ async def run_daemon(
                 await _until_stopped(shutdown_trigger, reloads, reload)
                 notifier.stopping()
                 plugged.stop_inputs()
+                await _settle(pipe)
                 service.cancel_scope.cancel()
         # The pipeline has drained and ended every event channel: sinks write out the rest.
         sinks.cancel_scope.deadline = trio.current_time() + SINK_GRACE
+
+
+async def _settle(pipe: Pipeline) -> None:
+    """Shutting down mid-turn: a turn being heard is cancelled (nobody will hear its answer);
+    one being answered may finish, for up to ``STOP_GRACE`` seconds, so its transcripts reach
+    the sinks."""
+    async with pipe.broadcast.subscribe("shutdown", TurnEnded) as ended:
+        state = pipe.status()["state"]
+        if state == "listening":
+            await pipe.inbound.send(TurnCommand(Command.CANCEL, "shutdown"))
+        elif state != "idle":
+            log.info("waiting up to %g s for the turn being answered to end", STOP_GRACE)
+            with trio.move_on_after(STOP_GRACE):
+                await ended.receive()
 
 
 async def _until_stopped(
