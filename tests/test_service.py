@@ -296,7 +296,9 @@ def test_sigterm_mid_answer_finishes_the_turn_and_exits_0(tmp_path: Path) -> Non
     assert sim.stderr is not None
     found = None
     while found is None:
-        found = re.search(r"simulator on (ws://\S+)\?", sim.stderr.readline())
+        line = sim.stderr.readline()
+        assert line, "voiced sim did not start"
+        found = re.search(r"simulator on (ws://\S+)\?", line)
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(
