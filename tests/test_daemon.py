@@ -55,6 +55,7 @@ async def daemon(
     auth: str = f"{{api_key: {SIM_KEY}}}",
     realtime: str = "",
     extra: str = "",
+    volume: float | None = None,
 ) -> AsyncIterator[tuple[Pipeline, httpx.AsyncClient, trio.abc.ReceiveChannel[Event]]]:
     """``run_daemon`` with a looped WAV microphone, a WAV speaker (``spk.wav``), the http plugin
     and ``plugins`` (YAML lines under ``plugins:``; default stdout); yields the pipeline, an HTTP
@@ -73,7 +74,8 @@ async def daemon(
         f"device_id: test-kiosk\nrealtime: {{url: '{url}'{realtime}}}\nauth: {auth}\n"
         f"audio:\n  input: {{backend: wav, path: '{mic}', loop: true{preroll}}}\n"
         f"  output: {{backend: wav, path: '{tmp_path / 'spk.wav'}', "
-        f"realtime: {str(speaker_realtime).lower()}}}\n"
+        f"realtime: {str(speaker_realtime).lower()}"
+        f"{'' if volume is None else f', volume: {volume}'}}}\n"
         f"  earcons: {str(earcons).lower()}\n{audio}"
         f"plugins:\n  http: {{port: {port}}}\n{plugins}{extra}",
     )
@@ -328,9 +330,13 @@ async def test_volume_is_set_over_http_and_kept_across_restarts(
                 pass
             (sent,) = sim.sim.connections[0].reply_audio
             assert read_wav(tmp_path / "spk.wav") == scale(sent, 0.25)
-        assert json.loads((state_directory / "state.json").read_text()) == {"volume": 0.25}
+        saved = json.loads((state_directory / "state.json").read_text())
+        assert saved == {"volume": 0.25, "volume_configured": 1.0}
         async with daemon(tmp_path, sim.url) as (_pipe, http, _events):
             assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.25
+        # An operator changes audio.output.volume in the config: that wins over the old setting.
+        async with daemon(tmp_path, sim.url, volume=0.6) as (_pipe, http, _events):
+            assert (await http.get("/status")).json()["audio"]["output"]["volume"] == 0.6
 
 
 async def test_earcons_play_to_the_speaker_and_never_reach_the_server(

@@ -211,7 +211,8 @@ class _Handle:
             raise ValueError(f"volume must be between 0.0 and 1.0, got {volume}")
         self.pipeline.player.speaker.volume = volume
         log.info("volume %.2f (set by %s)", volume, self.name)
-        await self.saved.save(volume=volume)
+        # The configured volume of the time, so that a later change of the config wins.
+        await self.saved.save(volume=volume, volume_configured=self.config.audio.output.volume)
 
 
 async def _run_plugin(
@@ -516,12 +517,25 @@ def _resolved(config: Config) -> AudioConfig:
 
 
 def _volume(config: Config, saved: SavedState) -> float:
-    """The volume last set at run time, else the configured one."""
+    """The volume last set at run time (``POST /volume``), unless ``audio.output.volume`` in
+    the config has changed since: an operator's edit wins over a kiosk's old setting."""
     volume = saved.values.get("volume")
-    if isinstance(volume, int | float) and 0.0 <= volume <= 1.0:
-        log.info("volume %.2f, as last set (%s)", volume, saved.path)
-        return float(volume)
-    return config.audio.output.volume
+    configured = config.audio.output.volume
+    if not (isinstance(volume, int | float) and 0.0 <= volume <= 1.0):
+        return configured
+    if saved.values.get("volume_configured", configured) != configured:
+        log.info(
+            "volume %.2f from the config (changed since %.2f was set at run time)",
+            configured,
+            volume,
+        )
+        return configured
+    log.info(
+        "volume %.2f, as set at run time (%s; audio.output.volume wins once changed)",
+        volume,
+        saved.path,
+    )
+    return float(volume)
 
 
 async def _start_plugins(

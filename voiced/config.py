@@ -241,7 +241,8 @@ class AudioOutputConfig:
     """``pyaudio``: open the device with this many channels (the mono reply is copied to each);
     None is mono if the device takes it, else stereo."""
     volume: float = 1.0
-    """Output volume, 0.0 to 1.0; ``POST /volume`` changes it at run time."""
+    """Output volume, 0.0 to 1.0; ``POST /volume`` changes it at run time (kept across
+    restarts until this value is changed)."""
     jitter_ms: int = 60
     """Reply audio gathered before playback starts, so deltas that arrive unevenly still play
     without gaps (milliseconds)."""
