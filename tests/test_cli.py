@@ -230,6 +230,25 @@ def test_doctor_all_good(tmp_path: Path) -> None:
     ]
     assert re.search(r"microphone  wav:\S+mic.wav: 2 s, peak -\d+\.\d dBFS", lines[2])
     assert result.stderr == ""  # findings only, no log chatter
+    assert not (tmp_path / "spk.wav").exists()  # the tone went to a scratch file, not the daemon's
+
+
+def test_doctor_says_a_daemon_runs_and_leaves_its_files_alone(
+    tmp_path: Path, state_directory: Path
+) -> None:
+    from voiced.saved import daemon_lock
+
+    speaker = tmp_path / "spk.wav"
+    speaker.write_bytes(b"the daemon's")
+    cfg = config(
+        tmp_path,
+        "realtime: {url: sim}\naudio:\n  input: {backend: null}\n"
+        f"  output: {{backend: wav, path: '{speaker}'}}\n",
+    )
+    with daemon_lock():  # a daemon runs with this state directory
+        result = voiced("doctor", "--config", cfg)
+    assert f"ok    daemon      a voiced daemon (pid {os.getpid()}) runs" in result.stdout
+    assert speaker.read_bytes() == b"the daemon's"
 
 
 def test_doctor_says_what_is_wrong_and_the_fix(tmp_path: Path, sim_url: str) -> None:

@@ -38,7 +38,7 @@ from voiced.notify import Notifier
 from voiced.pipeline import Pipeline, open_pipeline
 from voiced.plugins import Loaded, Plugins
 from voiced.recall import Recall
-from voiced.saved import SavedState, resolve, saved_state_file, state_dir
+from voiced.saved import SavedState, daemon_lock, resolve, saved_state_file, state_dir
 from voiced.service import status_line, supervise
 from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
@@ -307,7 +307,19 @@ async def run_daemon(
                 task_status=task_status,
             )  # fmt: skip
         return
-    notifier = notifier or Notifier.from_environment()
+    with daemon_lock(config.state_dir):
+        await _run(
+            config, shutdown_trigger, reloads, notifier or Notifier.from_environment(), task_status
+        )
+
+
+async def _run(
+    config: Config,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    reloads: trio.abc.ReceiveChannel[None] | None,
+    notifier: Notifier,
+    task_status: trio.TaskStatus[Pipeline],
+) -> None:
     plugins = Plugins(config).create_enabled()
     saved = SavedState(saved_state_file(config.state_dir))
     audio = _resolved(config)

@@ -7,10 +7,13 @@ check prints one line, and a line saying what to do when it fails.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import tempfile
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -19,6 +22,7 @@ from voiced import protocol as p
 from voiced.audio import RATE, AudioFrame
 from voiced.config import Config
 from voiced.errors import VoicedError
+from voiced.saved import running_daemon
 
 RECORD_SECONDS = 2.0
 TONE_SECONDS = 1.0
@@ -129,11 +133,17 @@ async def check_microphone(config: Config, seconds: float = RECORD_SECONDS) -> F
 
 
 async def check_speaker(config: Config) -> Finding:
-    """The speaker takes a one-second tone."""
-    async with devices.open_speaker(config.audio.output) as speaker:
-        await speaker.open()
-        await speaker.play(tone(TONE_SECONDS))
-        await speaker.drain()
+    """The speaker takes a one-second tone. A WAV speaker (or ``auto``'s fallback) gets it in a
+    temporary file: the doctor never writes into a file the daemon uses."""
+    with tempfile.TemporaryDirectory(prefix="voiced-doctor-") as scratch:
+        output = config.audio.output
+        if output.backend == "wav":
+            output = dataclasses.replace(output, path=str(Path(scratch) / "tone.wav"))
+        fallback = Path(scratch) / "tone.wav"
+        async with devices.open_speaker(output, fallback=fallback) as speaker:
+            await speaker.open()
+            await speaker.play(tone(TONE_SECONDS))
+            await speaker.drain()
     stats = speaker.statistics()
     if stats.get("error") or stats.get("dropped_ms"):
         why = stats.get("error") or "the tone was dropped"
@@ -157,6 +167,10 @@ CHECKS: tuple[tuple[str, Callable[[Config], Awaitable[Finding]], str], ...] = (
 
 async def run_doctor(config: Config, say: Callable[[Finding], None]) -> bool:
     """Run every check, ``say`` each finding as it comes; True when all are fine."""
+    pid = running_daemon(config.state_dir)
+    if pid is not None:
+        seen = f"a voiced daemon (pid {pid}) runs with this config's state directory"
+        say(Finding("daemon", True, seen + ": its devices may be busy; its files are left alone"))
     ok = True
     for name, check, fix in CHECKS:
         try:

@@ -11,13 +11,18 @@ means nothing was changed yet.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import trio
+
+from voiced.errors import VoicedError
 
 log = logging.getLogger("voiced.saved")
 
@@ -83,3 +88,53 @@ class SavedState:
             await trio.to_thread.run_sync(write)
         except OSError as exc:
             log.warning("could not save the state to %s: %s", self.path, exc)
+
+
+LOCK_NAME = "daemon.lock"
+
+
+@contextlib.contextmanager
+def daemon_lock(configured: str | None = None) -> Iterator[None]:
+    """Hold the state directory for this daemon: two daemons on one state directory would
+    fight over the devices, the outboxes and the saved state.
+
+    Raises:
+        VoicedError: another daemon holds it (its pid is said).
+    """
+    directory = state_dir(configured)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / LOCK_NAME).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VoicedError(
+                f"another voiced (pid {_pid(lock)}) runs with the state directory {directory}: "
+                "stop it first (systemctl stop voiced), or give this one its own state_dir"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def running_daemon(configured: str | None = None) -> int | None:
+    """The pid of the daemon holding the state directory, or None when none does."""
+    path = state_dir(configured) / LOCK_NAME
+    try:
+        with path.open() as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _pid(lock) or -1
+    except OSError:
+        return None
+    return None
+
+
+def _pid(lock: TextIO) -> int | None:
+    lock.seek(0)
+    text = lock.read().strip()
+    return int(text) if text.isdigit() else None
