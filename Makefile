@@ -10,7 +10,7 @@ AUDIO_APT_PACKAGES := gcc portaudio19-dev
 # Only for `make test`: a private PulseAudio with null sinks for a sound card
 # (tests/soundserver.py), espeak-ng + sox for test speech, and mosquitto (a real MQTT broker,
 # started by a test fixture).
-TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox mosquitto
+TEST_APT_PACKAGES := pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox mosquitto debootstrap shellcheck systemd-container
 
 # Install the Debian packages of $(1) that are missing (as root, or with sudo).
 define apt_install
