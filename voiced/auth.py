@@ -208,7 +208,7 @@ def find_secret(
         return _read_secret(path, config, f"{key}_file"), f"file {file}"
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory and (path := Path(directory) / credential).is_file():
-        return _read_secret(path, config, f"{key}_file"), f"systemd credential {credential}"
+        return _read_secret(path, config, key), f"systemd credential {credential}"
     return None
 
 
