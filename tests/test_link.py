@@ -149,8 +149,8 @@ async def test_the_last_turns_are_carried_into_a_fresh_session(
 
 def _texts(conn: SimConnection) -> list[dict[str, str]]:
     """The final transcripts the simulator sent on ``conn``, user and agent, in order."""
-    out = []
-    for e in conn.sent:
-        if e["type"] == "conversation.item.input_audio_transcription.completed" or e["type"] == "response.output_audio_transcript.done":
-            out.append({"text": e["transcript"]})
-    return out
+    finals = (
+        "conversation.item.input_audio_transcription.completed",
+        "response.output_audio_transcript.done",
+    )
+    return [{"text": e["transcript"]} for e in conn.sent if e["type"] in finals]
