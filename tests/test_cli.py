@@ -287,5 +287,67 @@ def test_auto_falls_back_to_the_sample_without_a_sound_device(tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok    microphone  wav:" in result.stdout
     assert "sample.wav: 2 s, peak" in result.stdout
-    assert "ok    speaker     wav:voiced-speaker.wav" in result.stdout
-    assert (tmp_path / "voiced-speaker.wav").exists()
+    assert "ok    speaker     wav:/tmp/voiced-doctor-" in result.stdout  # a scratch file:
+    assert not (tmp_path / "voiced-speaker.wav").exists()  # the daemon's is left alone
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "CFG", "check-config"],
+        ["check-config", "--config", "CFG"],
+        ["--config", "/nonexistent", "check-config", "--config", "CFG"],  # the later one wins
+    ],
+)
+def test_the_config_goes_before_or_after_the_command(tmp_path: Path, args: list[str]) -> None:
+    cfg = config(tmp_path, "realtime: {url: sim}\n")
+    result = voiced(*[cfg if a == "CFG" else a for a in args])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{cfg}: OK")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_goes_before_or_after_the_command(where: str) -> None:
+    args = ["check-config", "--config", "/nonexistent"]
+    result = voiced(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr  # --debug took: the traceback is shown
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("audio: {input: {backend: wav, path: missing.wav}}\n", "audio.input.path"),
+        ("audio: {earcons: {listening: nope.wav}}\n", "audio.earcons.listening"),
+        ("audio: {output: {backend: wav, path: 'a-file/spk.wav'}}\n", "audio.output.path"),
+    ],
+)
+def test_check_config_is_ok_only_when_run_would_start(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    cfg = config(tmp_path, f"state_dir: '{tmp_path}'\nrealtime: {{url: sim}}\n" + text)
+    result = voiced("check-config", "--config", cfg)
+    assert result.returncode == 2
+    assert "OK" not in result.stdout  # never OK before an error
+    assert f"{cfg}: {key}: " in one_line_error(result)
+
+
+def test_logs_under_the_journal_carry_its_priorities(tmp_path: Path) -> None:
+    """stderr is the journal's stream: every line starts with its syslog priority and has no
+    timestamp (journald adds its own); warnings are <4>, errors <3>."""
+    cfg = config(tmp_path, "realtime: {url: sim}\nauth: {api_key: sk-in-the-file}\n")
+    os.chmod(cfg, 0o644)  # a warning: the file holds the key and others can read it
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        stat = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        subprocess.run(
+            [sys.executable, "-m", "voiced", "check-config", "--config", "/nonexistent"],
+            stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "voiced", "check-config", "--config", cfg],
+            stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=60, check=True,
+        )  # fmt: skip
+    lines = log.read_text().splitlines()
+    assert lines[0] == "<3>voiced: /nonexistent: config file not found"
+    assert lines[1].startswith(f"<4>voiced.auth: {cfg} holds the API key and others can read")

@@ -20,6 +20,7 @@ from voiced import __version__
 if TYPE_CHECKING:
     from voiced.config import Config
 from voiced.errors import ConfigError, UsageError, VoicedError
+from voiced.logs import LogFormat, formatter
 
 log = logging.getLogger("voiced")
 
@@ -40,8 +41,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run 'voiced COMMAND --help' for a command's options.",
     )
     top.add_argument("--version", action="version", version=f"voiced {__version__}")
-    common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="log everything; show tracebacks")
+    # The global options go before or after the command: after it, an option left out must
+    # not undo one given before (hence SUPPRESS: no default there).
+    for parser, default in ((top, False), (common := _Parser(add_help=False), argparse.SUPPRESS)):
+        parser.add_argument(
+            "--debug", action="store_true", default=default, help="log everything; show tracebacks"
+        )
+        parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default="text" if default is False else default,
+            help="log lines as text (under systemd: with the journal's priorities) or JSON",
+        )
+    top.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -51,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the daemon until SIGINT or SIGTERM. Talk with the configured inputs: "
         "Enter in the terminal, or POST /start and /commit on the HTTP port.",
     )
-    run.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    run.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
 
     ask = sub.add_parser(
         "ask",
@@ -60,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Open one session and run one push-to-talk turn per input file, in order. "
         "Exits 0 when every turn ended with its reply. Transcripts go to the configured sinks.",
     )
-    ask.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    ask.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
     ask.add_argument("inputs", nargs="+", type=Path, metavar="IN.wav", help="24 kHz mono PCM16")
     ask.add_argument("--out", required=True, type=Path, metavar="OUT.wav", help="reply audio")
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds per turn (120)")
@@ -70,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run the built-in Realtime simulator",
         description="Serve the GA Realtime protocol on a loopback WebSocket: replies echo the "
-        "committed audio, transcripts are deterministic ('heard 2140 ms').",
+        "committed audio, transcripts are deterministic ('heard 2140 ms'). The fault options "
+        "make every new connection misbehave as a real server, proxy or network can.",
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     sim.add_argument("--port", type=int, default=8765, help="port (8765; 0 picks a free one)")
@@ -91,6 +104,75 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="seconds each delta may come early or late, with uneven sizes (0)",
     )
+    sim.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every event and all the audio of every connection in memory (for "
+        "debugging; memory grows with every turn). Default: keep only what live sessions need",
+    )
+    faults = sim.add_argument_group(
+        "faults", "Each applies to every connection from the start (default: none)."
+    )
+    faults.add_argument(
+        "--refuse-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reset the next N connection attempts at once, before the HTTP request is read",
+    )
+    faults.add_argument(
+        "--handshake-status",
+        type=int,
+        metavar="STATUS",
+        help="reject every WebSocket upgrade with this HTTP status (e.g. 401, 503)",
+    )
+    faults.add_argument(
+        "--silent-open",
+        action="store_true",
+        help="accept the WebSocket, then never send session.created (pings are answered)",
+    )
+    faults.add_argument(
+        "--drop-after-appends",
+        type=int,
+        metavar="N",
+        help="reset the connection (no close frame) after receiving N input_audio_buffer.append",
+    )
+    faults.add_argument(
+        "--drop-after-deltas",
+        type=int,
+        metavar="N",
+        help="reset the connection (no close frame) after sending N audio deltas of a reply",
+    )
+    faults.add_argument(
+        "--stall-after-deltas",
+        type=int,
+        metavar="N",
+        help="after N audio deltas of a reply, send nothing more for it (pings are answered)",
+    )
+    faults.add_argument(
+        "--garbage-every",
+        type=int,
+        metavar="N",
+        help="after every N-th event, also send a garbage frame (bad JSON, an array, no type, "
+        "an unknown type, missing fields, binary, JSON nested 100000 deep)",
+    )
+    faults.add_argument(
+        "--expire-after",
+        type=float,
+        metavar="SECONDS",
+        help="end each session after SECONDS with session_expired and close 1001",
+    )
+    faults.add_argument(
+        "--fail-event",
+        metavar="TYPE",
+        help="answer client events of TYPE (e.g. input_audio_buffer.commit) with a server_error",
+    )
+    faults.add_argument(
+        "--fail-count",
+        type=int,
+        metavar="N",
+        help="fail only the first N --fail-event events of each connection (default: all)",
+    )
 
     sub.add_parser(
         "devices",
@@ -109,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         "with a session, the microphone delivers two seconds of audio at a usable level, and "
         "the speaker takes a test tone. Prints what is wrong and the fix; exits 1 if anything is.",
     )
-    doctor.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    doctor.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
 
     check = sub.add_parser(
         "check-config",
@@ -117,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
         help="validate the config file and the plugins' sections",
         description="Load the config and every enabled plugin's section; print what would run.",
     )
-    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    check.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
 
     plugins = sub.add_parser(
         "plugins",
@@ -125,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         help="list installed plugins, where they come from, and whether they are on",
         description="List every plugin in the 'voiced' entry-point group.",
     )
-    plugins.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    plugins.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
 
     from voiced.broker import command as broker  # argparse only: cheap, like the rest
 
@@ -133,16 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     return top
 
 
-def _logging(debug: bool) -> None:
-    # journald adds its own timestamps; a terminal wants them.
-    under_journal = "JOURNAL_STREAM" in os.environ
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format=fmt if under_journal else "%(asctime)s " + fmt,
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def _logging(debug: bool, log_format: LogFormat) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
     for noisy in (
         "trio-websocket",
         "voiced.http.server",
@@ -185,17 +261,39 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import trio
 
-    from voiced.sim import Simulator
+    from voiced.sim import SimFaults, Simulator
+
+    # Each fault option's dest is the name of its SimFaults field.
+    names = [f.name for f in dataclasses.fields(SimFaults) if hasattr(args, f.name)]
+    try:
+        faults = SimFaults(**{name: getattr(args, name) for name in names})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    on = [f"{name}={getattr(faults, name)}" for name in names if getattr(args, name)]
 
     async def serve() -> None:
-        sim = Simulator(api_key=args.key, pace=args.pace, think=args.think, jitter=args.jitter)
+        sim = Simulator(
+            api_key=args.key,
+            pace=args.pace,
+            think=args.think,
+            jitter=args.jitter,
+            faults=faults,
+            record=args.record,
+        )
         async with trio.open_nursery() as nursery:
             port = await nursery.start(lambda task_status: sim.serve(
                 host=args.host, port=args.port, task_status=task_status
             ))  # fmt: skip
             log.info("simulator on ws://%s:%d/v1/realtime?model=any", args.host, port)
+            log.info(
+                "simulator faults: %s; %s",
+                ", ".join(on) or "none",
+                "recording everything" if args.record else "not recording",
+            )
 
     trio.run(serve)
     return 0
@@ -248,13 +346,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from voiced.app import choose_url, describe_auth
+    from voiced.checks import preflight
     from voiced.plugins import Plugins
 
     config = _load(args.config)
     loaded = Plugins(config).create_enabled()
+    lines = [
+        f"  realtime: {choose_url(config)} (model {config.realtime.model})",
+        f"  auth: {describe_auth(config)}",
+    ]
+    preflight(config)  # the files it names, the folders it writes: only then is it OK
     print(f"{config.source}: OK")
-    print(f"  realtime: {choose_url(config)} (model {config.realtime.model})")
-    print(f"  auth: {describe_auth(config)}")
+    print("\n".join(lines))
     print(f"  microphone: {config.audio.input.backend}; speaker: {config.audio.output.backend}")
     print(f"  plugins: {', '.join(p.spec.name for p in loaded) or 'none'}")
     return 0
@@ -314,7 +417,7 @@ def _only_interrupts(exc: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``voiced`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    _logging(args.debug)
+    _logging(args.debug, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -42,7 +42,7 @@ def add_parser(
         "(POST /v1/token with a device token), so kiosks never hold the key. The actions "
         "manage the devices in broker.devices_file.",
     )
-    broker.add_argument("--config", metavar="FILE", help=config_help)
+    broker.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
     actions = broker.add_subparsers(
         dest="broker_action",
         metavar="ACTION",
