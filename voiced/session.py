@@ -85,6 +85,7 @@ class Session:
         self._press = 0.0  # trio time of the command being handled
         self._session_id: str | None = None  # the realtime session's, for the events
         self._turn_audio: list[AudioFrame] = []  # every frame sent in the current turn
+        self._answered = 0  # bytes of answer audio played in the current turn
         self._hello: p.SessionUpdate | None = None  # new session settings, for the renewal
         self.ready = trio.Event()
         """Set the first time the session is ready for a turn."""
@@ -175,6 +176,7 @@ class Session:
         for action in actions:
             if isinstance(action, a.Play):
                 self._meter.mark("first_audio", trio.current_time())
+                self._answered += len(action.delta.audio)
                 await self._decode.send(action)
             elif isinstance(action, a.Send):
                 await self._encode.send(action.event)
@@ -230,7 +232,7 @@ class Session:
 
     async def _changed(self, change: a.Changed) -> None:
         if change.new is State.LISTENING:
-            self._turn_audio = []
+            self._turn_audio, self._answered = [], 0
             self._meter.started(change.turn)
         elif change.old is State.LISTENING and change.new is State.THINKING:
             self._meter.mark("pressed", self._press)
@@ -262,13 +264,15 @@ class Session:
         )
 
     def _turn_over(self, over: a.TurnOver) -> None:
+        heard = sum(len(frame.pcm) for frame in self._turn_audio)
         self._turn_audio = []  # the turn is answered (or given up): nothing to send again
         self._recall.ended(over.turn, over.outcome)
         meter = self._meter
         ended = TurnEnded(
             over.turn, over.outcome, meter.latencies(), over.reason, meter.usage, self._session_id
         )
-        figures = ", ".join(f"{k} {v:g} ms" for k, v in ended.latencies.items())
+        sizes = [f"heard {ms_of(heard):.0f} ms", f"answer {ms_of(self._answered):.0f} ms"]
+        figures = ", ".join([*sizes, *(f"{k} {v:g} ms" for k, v in ended.latencies.items())])
         if meter.usage is not None:
             used = meter.usage
             figures += f"{', ' if figures else ''}tokens in {used.input} out {used.output}"
