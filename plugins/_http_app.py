@@ -18,6 +18,7 @@ import trio
 
 from voiced import Command, Daemon, TurnCommand
 from voiced.actions import Verdict
+from voiced.serving import lifespan
 
 from ._http_events import Receive, Scope, Send, serve_events
 from ._http_limits import RateLimit
@@ -87,13 +88,8 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]

@@ -15,10 +15,8 @@ endpoint but ``/healthz`` then requires. Each client has a token-bucket rate lim
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,6 +27,7 @@ import trio
 
 from voiced import Daemon, PluginSpec, hookimpl
 from voiced.events import ConnectionChanged, TokensUsed, TurnEnded
+from voiced.serving import listen
 
 # Each tunable lives (documented) in the module that uses it; `X as X` re-exports it, so that
 # voiced_plugins.http.X reads as it did before the split (the tests read them here).
@@ -130,7 +129,7 @@ class HttpInput:
         from hypercorn.trio.run import worker_serve
         from hypercorn.utils import wrap_app
 
-        listener = await _listen(self.config.host, self.config.port)
+        listener = await listen(self.config.host, self.config.port, key="plugins.http")
         try:
             config = Config()
             config.accesslog = None
@@ -189,39 +188,6 @@ async def _serve_then_cancel(
 ) -> None:
     await serve(task_status=task_status)
     nursery.cancel_scope.cancel()  # the server is done: so are the metrics and the streams
-
-
-async def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``.
-
-    Raises:
-        ConfigError: the address cannot be had (in use, not allowed, not on this machine).
-    """
-    from voiced.errors import ConfigError
-
-    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        message = f"cannot listen on {where}: {exc.strerror or exc} (is the address right?)"
-        raise ConfigError(message, key="plugins.http.host") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(100)
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            hint, key = "choose another port, or 0 for a free one", "plugins.http.port"
-        else:
-            hint, key = "is the address one of this machine's?", "plugins.http.host"
-        message = f"cannot listen on {where}: {exc.strerror or exc} ({hint})"
-        raise ConfigError(message, key=key) from exc
-    return sock
 
 
 @hookimpl

@@ -28,6 +28,7 @@ from voiced.broker.store import Device, RateLimited, Store
 from voiced.client_secrets import ClientSecret, request_secret
 from voiced.config import BrokerConfig
 from voiced.errors import AuthRejected, QuotaExhausted, RequestRejected, ServerUnreachable
+from voiced.serving import lifespan
 
 log = logging.getLogger("voiced.broker")
 audit = logging.getLogger("voiced.broker.audit")
@@ -87,13 +88,8 @@ class BrokerApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]

@@ -9,7 +9,6 @@ mint goes upstream through one shared ``httpx.AsyncClient``.
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import socket
@@ -28,6 +27,7 @@ from voiced.broker.store import Store
 from voiced.config import BrokerConfig, Config
 from voiced.errors import ConfigError
 from voiced.saved import resolve
+from voiced.serving import listen
 
 log = logging.getLogger("voiced.broker")
 
@@ -129,7 +129,7 @@ async def serve(
     tls = bool(hyper.ssl_enabled)
     with open_devices(config) as store:
         devices = await trio.to_thread.run_sync(store.active)
-        listener = await _listen(broker.host, broker.port, config)
+        listener = await listen(broker.host, broker.port, key="broker", file=config.source)
         try:
             async with httpx.AsyncClient() as client:
                 app = build_app(store, key, broker, client, clock=clock)
@@ -173,37 +173,6 @@ def _check_tls(hyper: Any, config: Config) -> None:
             file=config.source,
             key="broker.tls_cert",
         ) from None
-
-
-async def _listen(host: str, port: int, config: Config) -> socket.socket:
-    """A listening TCP socket on ``host:port``.
-
-    Raises:
-        ConfigError: the address cannot be had (in use, not allowed, not on this machine).
-    """
-    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        message = f"cannot listen on {where}: {exc.strerror or exc} (is the address right?)"
-        raise ConfigError(message, file=config.source, key="broker.host") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(100)
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            hint, key = "choose another port, or stop what holds it", "broker.port"
-        else:
-            hint, key = "is the address one of this machine's?", "broker.host"
-        message = f"cannot listen on {where}: {exc.strerror or exc} ({hint})"
-        raise ConfigError(message, file=config.source, key=key) from exc
-    return sock
 
 
 def _url(sock: socket.socket, tls: bool) -> str:
