@@ -1,9 +1,11 @@
 """The daemon's lifecycle, and the batch ``ask``: config in, a running pipeline, a clean exit.
 
-``run_daemon`` chooses the server and the devices (saying plainly what it chose), starts the
-embedded simulator when asked to, opens the pipeline, starts the plugins, waits for SIGINT/SIGTERM
-(or a test's trigger), and shuts down from the source: inputs first, then the pipeline drains,
-then the sinks read what is left. ``ask`` runs one turn per input file on one session.
+``run_daemon`` holds the state directory, chooses the server and the devices (saying plainly
+what it chose; ``voiced.endpoint``), opens the pipeline, starts the plugins (``voiced.plugged``),
+tells systemd how it goes (``voiced.service``), reloads the config on SIGHUP, and on SIGINT/SIGTERM
+(or a test's trigger) shuts down from the source: inputs first, a turn being answered may end,
+then the pipeline drains and the sinks read what is left. ``ask`` runs one turn per input file
+on one session.
 """
 
 from __future__ import annotations
@@ -11,144 +13,44 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import secrets
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from voiced import devices
-from voiced import protocol as p
 from voiced.audio import AudioFrame, bytes_of
-from voiced.auth import ApiKey, find_credentials
 from voiced.broadcast import Subscription
 from voiced.config import AudioConfig, Config, load_config
 from voiced.devices.wav import WavSpeaker, read_wav
 from voiced.earcons import load_earcons
+from voiced.endpoint import OPENAI_URL as OPENAI_URL
+from voiced.endpoint import choose_url as choose_url
+from voiced.endpoint import describe_auth as describe_auth
+from voiced.endpoint import open_endpoint as open_endpoint
+from voiced.endpoint import session_update as session_update
 from voiced.errors import ConfigError, VoicedError
-from voiced.events import Event, PluginChanged, TurnEnded
+from voiced.events import TurnEnded
 from voiced.messages import RenewSession
 from voiced.notify import Notifier
 from voiced.pipeline import Pipeline, open_pipeline
-from voiced.plugins import Loaded, Plugins
+from voiced.plugged import SINK_GRACE, Plugged, start_plugins
+from voiced.plugged import device_id as device_id
+from voiced.plugins import Plugins
 from voiced.recall import Recall
-from voiced.saved import SavedState, daemon_lock, resolve, saved_state_file, state_dir
+from voiced.saved import SavedState, daemon_lock, resolve, saved_state_file
 from voiced.service import status_line, supervise
 from voiced.stages.capture import AudioGate
 from voiced.stages.encode import APPEND_MS
-from voiced.stages.transport import Endpoint
 from voiced.turn import Command, TurnCommand, TurnController
 
 log = logging.getLogger("voiced")
 
-OPENAI_URL = "wss://api.openai.com/v1/realtime"
 STOP_GRACE = 10.0
 """Seconds a turn being answered may take to end when the daemon is asked to stop."""
-SINK_GRACE = 5.0
-"""Seconds sinks get at shutdown to write out what is queued."""
-
-
-def choose_url(config: Config) -> str:
-    """``realtime.url``, or when unset: OpenAI if credentials are configured, else ``sim``.
-
-    Raises:
-        ConfigError: a real server is configured but no credentials are, or the URL does not
-            fit ``auth.mode``.
-    """
-    url, mode = config.realtime.url, config.auth.mode
-    if mode == "azure" and url is None:
-        raise ConfigError(
-            "required for auth.mode azure: wss://<resource>.openai.azure.com/openai/v1/realtime",
-            file=config.source,
-            key="realtime.url",
-        )
-    if mode == "broker" and url == "sim":
-        raise ConfigError(
-            "the built-in simulator cannot take the broker's secrets: with auth.mode broker, "
-            "leave realtime.url unset (OpenAI) or name the server the broker mints for",
-            file=config.source,
-            key="realtime.url",
-        )
-    has_credentials = find_credentials(config, url or OPENAI_URL) is not None
-    if url is None:
-        url = OPENAI_URL if has_credentials or mode == "broker" else "sim"
-    if url != "sim" and not has_credentials:
-        raise ConfigError(_missing(config), file=config.source, key=_secret_key(config))
-    return url
-
-
-def _secret_key(config: Config) -> str:
-    return "auth.device_token" if config.auth.mode == "broker" else "auth.api_key"
-
-
-def _missing(config: Config) -> str:
-    if config.auth.mode == "broker":
-        return (
-            f"no device token for the broker at {config.auth.broker_url}: set "
-            "auth.device_token or auth.device_token_file (from `voiced broker add-device`), "
-            "or a systemd credential voiced_device_token"
-        )
-    return (
-        f"realtime.url is {config.realtime.url} but no API key is configured: set "
-        "OPENAI_API_KEY (or auth.api_key, auth.api_key_file, a systemd credential "
-        "openai_api_key), or use realtime.url: sim"
-    )
-
-
-def describe_auth(config: Config) -> str:
-    """``auth.mode`` and where its secret comes from, never the secret (for check-config)."""
-    url = choose_url(config)
-    if url == "sim":
-        return f"{config.auth.mode}, with the simulator's own key"
-    credentials = find_credentials(config, url)
-    assert credentials is not None  # choose_url checked it
-    return f"{config.auth.mode}: {credentials.describe()}"
-
-
-def session_update(config: Config) -> p.SessionUpdate:
-    """The session configuration voiced sends first on every connection."""
-    rt = config.realtime
-    t = rt.transcription
-    return p.SessionUpdate(
-        voice=rt.voice,
-        instructions=rt.instructions,
-        transcription=p.Transcription(t.model, t.language, t.prompt) if t else None,
-    )
-
-
-@asynccontextmanager
-async def open_endpoint(config: Config) -> AsyncIterator[Endpoint]:
-    """The endpoint to connect to, running the embedded simulator for as long as it is needed.
-
-    Raises:
-        ConfigError: a real server is configured but no API key is.
-    """
-    url = choose_url(config)
-    timeout, model = config.realtime.connect_timeout, config.realtime.model
-    if url != "sim":
-        credentials = find_credentials(config, url)
-        assert credentials is not None  # choose_url checked it
-        log.info("realtime: %s, model %s, %s", url, model, credentials.describe())
-        yield Endpoint(url, model, credentials, timeout)
-        return
-    from voiced.sim import Simulator  # only the simulator's users pay for importing it
-
-    why = "realtime.url: sim" if config.realtime.url else "no API key is configured"
-    token = secrets.token_urlsafe(16)  # the loopback server takes only this process's token
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(Simulator(api_key=token, pace=0.0, record=False).serve)
-        sim_url = f"ws://127.0.0.1:{port}/v1/realtime"
-        log.info("realtime: the simulator built into voiced at %s (%s)", sim_url, why)
-        credentials = find_credentials(config, sim_url, ApiKey(token, "the simulator"))
-        assert credentials is not None  # a key was given
-        yield Endpoint(sim_url, model, credentials, timeout)
-        nursery.cancel_scope.cancel()
 
 
 def _controller(config: Config) -> TurnController:
@@ -161,88 +63,6 @@ def _controller(config: Config) -> TurnController:
         hold_s=keep.hold_audio_s,
         retry_window_s=keep.retry_window_s,
     )
-
-
-@dataclass
-class _Handle:
-    """What one plugin sees of the daemon (``voiced.plugin_api.Daemon``)."""
-
-    commands: trio.MemorySendChannel[TurnCommand]
-    pipeline: Pipeline
-    name: str
-    saved: SavedState
-    config: Config
-    subscriptions: list[Subscription] = dataclasses.field(default_factory=list)
-
-    def end(self) -> None:
-        """The plugin is being replaced: its subscriptions end once what is queued is read."""
-        for subscription in self.subscriptions:
-            subscription.end()
-
-    @property
-    def device_id(self) -> str:
-        return device_id(self.config)
-
-    @property
-    def state_dir(self) -> Path:
-        return state_dir(self.config.state_dir)
-
-    def resolve(self, path: str) -> Path:
-        return resolve(path, self.config.state_dir)
-
-    def report(self, error: str | None) -> None:
-        try:
-            self.pipeline.inbound.send_nowait(PluginChanged(self.name, error))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            log.warning(
-                "plugin %s: %s (not shown: the daemon is busy or stopping)", self.name, error
-            )
-
-    def subscribe(self, *kinds: type[Event], durable: bool = False) -> Subscription:
-        subscription = self.pipeline.broadcast.subscribe(self.name, *kinds, durable=durable)
-        self.subscriptions.append(subscription)
-        return subscription
-
-    def status(self) -> dict[str, Any]:
-        return self.pipeline.status()
-
-    async def set_volume(self, volume: float) -> None:
-        if not 0.0 <= volume <= 1.0:
-            raise ValueError(f"volume must be between 0.0 and 1.0, got {volume}")
-        self.pipeline.player.speaker.volume = volume
-        log.info("volume %.2f (set by %s)", volume, self.name)
-        # The configured volume of the time, so that a later change of the config wins.
-        await self.saved.save(volume=volume, volume_configured=self.config.audio.output.volume)
-
-
-async def _run_plugin(
-    loaded: Loaded, handle: _Handle, *, task_status: trio.TaskStatus[None]
-) -> None:
-    """Start a plugin; once it is up, a failure is logged and the daemon carries on."""
-    started = False
-
-    def ready() -> None:
-        nonlocal started
-        started = True
-        task_status.started()
-
-    async with handle.commands:
-        try:
-            await loaded.plugin.run(handle, task_status=_Ready(ready))
-        except Exception as exc:
-            if not started:
-                raise
-            log.error("plugin %s failed and is stopped: %s", loaded.spec.name, exc, exc_info=exc)
-
-
-class _Ready:
-    """A ``task_status`` that records that the plugin reported ready."""
-
-    def __init__(self, on_started: Callable[[], None]) -> None:
-        self._on_started = on_started
-
-    def started(self, value: None = None) -> None:
-        self._on_started()
 
 
 @asynccontextmanager
@@ -339,7 +159,7 @@ async def _run(
             gate=AudioGate(preroll_ms=audio.input.preroll_ms, half_duplex=audio.half_duplex),
             earcons=load_earcons(audio.earcons),
         ) as pipe:  # fmt: skip
-            plugged = _Plugged(pipe, saved, sinks)
+            plugged = Plugged(pipe, saved, sinks)
             await plugged.start(config, plugins)
             log.info("plugins up: %s", ", ".join(s.spec.name for s in plugins) or "none")
             async with trio.open_nursery() as service:
@@ -388,77 +208,7 @@ async def _until_stopped(
                 await reload()
 
 
-class _Plugged:
-    """The running plugins and the config they run with. A reload restarts only the plugins
-    whose section changed (stopped, then started again: a sink drains first, and misses only
-    what is published in the moment between)."""
-
-    def __init__(self, pipe: Pipeline, saved: SavedState, nursery: trio.Nursery) -> None:
-        self._pipe, self._saved, self._nursery = pipe, saved, nursery
-        self.config = Config.default()
-        self._running: dict[str, _Running] = {}
-
-    async def start(self, config: Config, plugins: Sequence[Loaded]) -> list[str]:
-        """Run ``plugins`` with ``config``: stop those gone or changed, start those new or
-        changed (sinks before inputs). Returns the names started.
-
-        Raises:
-            VoicedError: a plugin failed to start.
-        """
-        old, self.config = self.config, config
-        wanted = {loaded.spec.name: loaded for loaded in plugins}
-        for name, running in list(self._running.items()):
-            same = name in wanted and old.plugins.get(name) == config.plugins.get(name)
-            if not same or old.device_id != config.device_id:
-                await running.stop()
-                del self._running[name]
-        fresh = [p for p in wanted.values() if p.spec.name not in self._running]
-        fresh.sort(key=lambda loaded: not (loaded.spec.sink or not loaded.spec.input))
-        for loaded in fresh:
-            handle = _Handle(
-                self._pipe.commands.clone(), self._pipe, loaded.spec.name, self._saved, config
-            )
-            sink = loaded.spec.sink or not loaded.spec.input
-            running = _Running(handle, sink)
-            await self._nursery.start(running.run, loaded)
-            self._running[loaded.spec.name] = running
-        return [loaded.spec.name for loaded in fresh]
-
-    def stop_inputs(self) -> None:
-        """Shutting down: inputs stop now; sinks stop when their events end."""
-        for running in self._running.values():
-            if not running.sink:
-                running.scope.cancel()
-
-
-@dataclass
-class _Running:
-    """One running plugin."""
-
-    handle: _Handle
-    sink: bool
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-
-    async def run(self, loaded: Loaded, *, task_status: trio.TaskStatus[None]) -> None:
-        try:
-            with self.scope:
-                await _run_plugin(loaded, self.handle, task_status=task_status)
-        finally:
-            self.done.set()
-
-    async def stop(self) -> None:
-        """Stop it and wait until it has: an input at once, a sink once it has written what it
-        had (at most ``SINK_GRACE`` seconds)."""
-        if self.sink:
-            self.handle.end()
-            self.scope.deadline = trio.current_time() + SINK_GRACE
-        else:
-            self.scope.cancel()
-        await self.done.wait()
-
-
-async def _reload(pipe: Pipeline, plugged: _Plugged, notifier: Notifier) -> None:
+async def _reload(pipe: Pipeline, plugged: Plugged, notifier: Notifier) -> None:
     """Read the config file again and apply what can be applied while running: the session's
     settings (from the next session, once idle, so no turn is dropped) and the plugins. What
     needs a restart is named in the log."""
@@ -511,11 +261,6 @@ def _at(config: Config, key: str) -> object:
     return value
 
 
-def device_id(config: Config) -> str:
-    """This kiosk's name in its events: ``device_id``, else the host name."""
-    return config.device_id or socket.gethostname()
-
-
 def _resolved(config: Config) -> AudioConfig:
     """The audio settings with relative WAV paths resolved (see ``voiced.saved.resolve``)."""
     audio = config.audio
@@ -550,21 +295,6 @@ def _volume(config: Config, saved: SavedState) -> float:
     return float(volume)
 
 
-async def _start_plugins(
-    nursery: trio.Nursery,
-    plugins: Sequence[Loaded],
-    pipe: Pipeline,
-    saved: SavedState,
-    config: Config,
-) -> list[_Handle]:
-    handles = []
-    for loaded in plugins:
-        handle = _Handle(pipe.commands.clone(), pipe, loaded.spec.name, saved, config)
-        await nursery.start(_run_plugin, loaded, handle)
-        handles.append(handle)
-    return handles
-
-
 async def ask(
     config: Config, inputs: Sequence[Path], out: Path, *, turn_timeout: float = 120.0
 ) -> list[TurnEnded]:
@@ -593,7 +323,7 @@ async def ask(
         ) as pipe:  # fmt: skip
             events = pipe.broadcast.subscribe("ask", TurnEnded)
             saved = SavedState(saved_state_file(config.state_dir))
-            await _start_plugins(sinks, sinks_only, pipe, saved, config)
+            await start_plugins(sinks, sinks_only, pipe, saved, config)
             with trio.fail_after(config.realtime.connect_timeout + 5):
                 await pipe.ready.wait()
             for pcm in utterances:
