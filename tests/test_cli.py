@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import SIM_KEY, free_port, tone, write_wav
 
-COMMANDS = ["run", "ask", "sim", "devices", "doctor", "check-config", "plugins", "broker"]
+COMMANDS = [
+    "run", "ask", "sim", "devices", "doctor", "check-config", "status", "plugins", "broker"
+]  # fmt: skip
 
 
 def voiced(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -202,7 +204,7 @@ def test_the_key_never_reaches_the_logs(tmp_path: Path, sim_url: str) -> None:
         ),
         (
             ["bogus"],
-            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'doctor', 'check-config', 'plugins', 'broker') (see 'voiced --help')",
+            "voiced: argument COMMAND: invalid choice: 'bogus' (choose from 'run', 'ask', 'sim', 'devices', 'doctor', 'check-config', 'status', 'plugins', 'broker') (see 'voiced --help')",
         ),
     ],
 )
@@ -351,3 +353,29 @@ def test_logs_under_the_journal_carry_its_priorities(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert lines[0] == "<3>voiced: /nonexistent: config file not found"
     assert lines[1].startswith(f"<4>voiced.auth: {cfg} holds the API key and others can read")
+
+
+def test_status_says_whether_a_daemon_runs_and_where_the_volume_comes_from(
+    tmp_path: Path, state_directory: Path
+) -> None:
+    import json
+
+    from voiced.saved import daemon_lock
+
+    cfg = config(tmp_path, "audio: {output: {volume: 0.8}}\n")
+    result = voiced("status", "--config", cfg)
+    assert result.stdout.splitlines() == [
+        "daemon: not running",
+        f"state directory: {state_directory}",
+        "volume: 0.8, from the config (none set at run time)",
+    ]
+    state_directory.mkdir(exist_ok=True)
+    saved = state_directory / "state.json"
+    saved.write_text(json.dumps({"volume": 0.3, "volume_configured": 0.8}))
+    with daemon_lock():
+        lines = voiced("status", "--config", cfg).stdout.splitlines()
+    assert lines[0] == f"daemon: running (pid {os.getpid()})"
+    assert lines[2] == f"volume: 0.3, set at run time ({saved}); the config says 0.8"
+    saved.write_text(json.dumps({"volume": 0.3, "volume_configured": 1.0}))
+    lines = voiced("status", "--config", cfg).stdout.splitlines()
+    assert lines[2] == "volume: 0.8, from the config (changed since 0.3 was set)"

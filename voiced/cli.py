@@ -201,6 +201,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
 
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="whether a daemon runs on the config, and the state it keeps (the volume)",
+        description="Say whether a daemon holds this config's state directory (and its pid), "
+        "what it keeps there (the volume set at run time, and whether the config's wins), "
+        "and, when its http plugin is on, what /status says.",
+    )
+    status.add_argument("--config", metavar="FILE", help=CONFIG_HELP, default=argparse.SUPPRESS)
+
     plugins = sub.add_parser(
         "plugins",
         parents=[common],
@@ -363,6 +373,36 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.request
+
+    from voiced.saved import SavedState, running_daemon, saved_state_file, state_dir
+
+    config = _load(args.config)
+    pid = running_daemon(config.state_dir)
+    print(f"daemon: {f'running (pid {pid})' if pid else 'not running'}")
+    print(f"state directory: {state_dir(config.state_dir)}")
+    saved = SavedState(saved_state_file(config.state_dir))
+    volume, configured = saved.values.get("volume"), config.audio.output.volume
+    if not isinstance(volume, int | float):
+        print(f"volume: {configured:g}, from the config (none set at run time)")
+    elif saved.values.get("volume_configured", configured) != configured:
+        print(f"volume: {configured:g}, from the config (changed since {volume:g} was set)")
+    else:
+        print(f"volume: {volume:g}, set at run time ({saved.path}); the config says {configured:g}")
+    http = config.plugins.get("http")
+    if pid and http is not None and isinstance(http.value, dict):
+        port = getattr(http.value.get("port"), "value", 8787)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as answer:
+                print(f"live: {json.load(answer)}")
+        except OSError as exc:  # a 503 is an answer too
+            body = getattr(exc, "read", lambda: b"")()
+            print(f"live: {body.decode(errors='replace').strip() or exc}")
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from voiced.config import Config
     from voiced.plugins import Plugins
@@ -387,6 +427,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _cmd_doctor,
     "check-config": _cmd_check_config,
     "plugins": _cmd_plugins,
+    "status": lambda args: _cmd_status(args),
     "broker": lambda args: _broker(args),
 }
 
