@@ -262,3 +262,19 @@ async def test_a_server_that_closes_before_the_upgrade_fails_at_once(
     with pytest.raises(ServerUnreachable, match="closed the connection during the handshake"):
         await run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=False)
     assert trio.current_time() - started < 1  # not the 10 s connect timeout
+
+
+async def test_a_server_that_resets_before_the_upgrade_fails_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A reset (the simulator's ``refuse_connections``) is an answer too, not a timeout."""
+    sim = Simulator(api_key=SIM_KEY)
+    sim.faults.refuse_connections = 1
+    port = await nursery.start(sim.serve)
+    endpoint = Endpoint(f"ws://127.0.0.1:{port}/v1/realtime", "m", ApiKey(SIM_KEY))
+    _out_send, out_recv = trio.open_memory_channel[p.ClientEvent | Renew](1)
+    in_send, _in_recv = trio.open_memory_channel[TransportNews](8)
+    started = trio.current_time()
+    with pytest.raises(ServerUnreachable, match=r"^cannot reach ws://127.0.0.1:\d+/v1/realtime: "):
+        await run_transport(endpoint, HELLO, out_recv, in_send, stats=LinkStats(), reconnect=False)
+    assert trio.current_time() - started < 1  # not the 10 s connect timeout

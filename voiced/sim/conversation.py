@@ -3,6 +3,9 @@
 Items keep the PCM they carry (committed user audio, or the assistant audio actually streamed so
 far), so ``conversation.item.truncate`` is checked against what the client can really have played.
 Item views never carry audio except in ``conversation.item.retrieved``, as on the real server.
+A conversation that does not record (``keep_audio=False``, the simulator inside a long-running
+daemon) keeps only each item's audio length, retrieves silence of that length, and holds at most
+``max_items`` items, dropping the oldest as the real server's context truncation does.
 No trio, no sockets.
 """
 
@@ -33,17 +36,42 @@ class Item:
     content: list[dict[str, Any]]
     status: str = "completed"
     audio: bytearray = field(default_factory=bytearray)
+    """The item's PCM (empty when ``keep_audio`` is false)."""
+    keep_audio: bool = True
+    """False: keep only the length of the item's audio (``audio_bytes``), never its bytes."""
+    audio_bytes: int = field(init=False, default=0)
+    """How much PCM the item holds, kept or not."""
+
+    def __post_init__(self) -> None:
+        self.audio_bytes = len(self.audio)
+        if not self.keep_audio:
+            self.audio = bytearray()
 
     @property
     def has_audio(self) -> bool:
         return any(part.get("type") in ("input_audio", "output_audio") for part in self.content)
+
+    def add_audio(self, pcm: bytes) -> None:
+        """Append ``pcm`` to the item's audio (only its length, when audio is not kept)."""
+        self.audio_bytes += len(pcm)
+        if self.keep_audio:
+            self.audio += pcm
+
+    def cut_audio(self, end: int) -> None:
+        """Keep the first ``end`` bytes of the item's audio."""
+        self.audio_bytes = min(self.audio_bytes, end)
+        del self.audio[end:]
+
+    def pcm(self) -> bytes:
+        """The item's audio: the bytes kept, or silence of its length."""
+        return bytes(self.audio) if self.keep_audio else bytes(self.audio_bytes)
 
     def view(self, *, with_audio: bool = False) -> dict[str, Any]:
         content = [dict(part) for part in self.content]
         if with_audio:
             for part in content:
                 if part.get("type") in ("input_audio", "output_audio"):
-                    part["audio"] = base64.b64encode(self.audio).decode("ascii")
+                    part["audio"] = base64.b64encode(self.pcm()).decode("ascii")
         return {
             "id": self.id,
             "object": "realtime.item",
@@ -56,18 +84,40 @@ class Item:
 
 @dataclass
 class Conversation:
-    """The items of the one default conversation, in order."""
+    """The items of the one default conversation, in order.
+
+    Args:
+        keep_audio: items keep their PCM (False: only its length).
+        max_items: hold at most this many items, dropping the oldest silently, as the real
+            server drops the oldest items from the model's context (None: every item).
+    """
 
     items: list[Item] = field(default_factory=list)
+    keep_audio: bool = True
+    max_items: int | None = None
 
     @property
     def last_id(self) -> str | None:
         return self.items[-1].id if self.items else None
 
+    def new_item(
+        self,
+        item_id: str,
+        role: str,
+        content: list[dict[str, Any]],
+        *,
+        status: str = "completed",
+        audio: bytes | bytearray = b"",
+    ) -> Item:
+        """An item that keeps its audio as this conversation does (not added yet)."""
+        return Item(item_id, role, content, status, bytearray(audio), self.keep_audio)
+
     def add(self, item: Item) -> str | None:
         """Append ``item``; returns the id of the item before it."""
         previous = self.last_id
         self.items.append(item)
+        if self.max_items is not None and len(self.items) > self.max_items:
+            del self.items[: len(self.items) - self.max_items]
         return previous
 
     def find(self, item_id: object) -> Item | Problem:
@@ -108,7 +158,7 @@ class Conversation:
                 content.append({"type": kind, "transcript": part.get("transcript")})
             else:
                 content.append({"type": kind, "text": part.get("text")})
-        item = Item(new_id(), role, content, audio=audio)
+        item = self.new_item(new_id(), role, content, audio=audio)
         previous = self.add(item)
         return [
             {"type": "conversation.item.added", "previous_item_id": previous, "item": item.view()},
@@ -128,11 +178,11 @@ class Conversation:
         end_ms = event["audio_end_ms"]
         if not isinstance(end_ms, int) or isinstance(end_ms, bool):
             return invalid_type("audio_end_ms", "an integer", end_ms)
-        length_ms = len(item.audio) // BYTES_PER_MS
+        length_ms = item.audio_bytes // BYTES_PER_MS
         if not 0 <= end_ms <= length_ms:
             message = f"Audio content of {length_ms}ms is already shorter than {end_ms}ms"
             return Problem("invalid_value", message, "audio_end_ms")
-        del item.audio[end_ms * BYTES_PER_MS :]
+        item.cut_audio(end_ms * BYTES_PER_MS)
         return {
             "type": "conversation.item.truncated",
             "item_id": item.id,

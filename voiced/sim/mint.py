@@ -180,13 +180,16 @@ class Minter:
     Args:
         api_key: the only key that may mint.
         clock: the wall clock, Unix seconds, for ``expires_at``.
+        record: keep every mint in :attr:`mints`. False: keep only the secrets that have not
+            expired (each mint forgets the expired ones), so a long-running server stays small.
     """
 
-    def __init__(self, *, api_key: str, clock: Callable[[], float]) -> None:
+    def __init__(self, *, api_key: str, clock: Callable[[], float], record: bool = True) -> None:
         self.mints: list[SimMint] = []
-        """Every successful mint, in order."""
+        """Every successful mint, in order (when recording)."""
         self.secrets: dict[str, SimMint] = {}
         """The same mints by value: what a connection may present as its bearer token."""
+        self._record = record
         self._api_key = api_key
         self._clock = clock
         self._ids = itertools.count(1)
@@ -220,7 +223,12 @@ class Minter:
             return error_reply(400, session)
         value = f"ek_{secrets.token_hex(16)}"
         record = SimMint(value, expires_at, seconds, session, dict(headers))
-        self.mints.append(record)
+        if self._record:
+            self.mints.append(record)
+        else:
+            now = self._clock()
+            for old in [v for v, m in self.secrets.items() if now >= m.expires_at]:
+                del self.secrets[old]
         self.secrets[value] = record
         return Reply(200, {"value": value, "expires_at": expires_at, "session": session})
 

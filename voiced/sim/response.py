@@ -10,7 +10,8 @@ every item) and ``rate_limits.updated``. The server sends a step, waits for the 
 duration times its pace, and resumes the generator; a cancel flag checked on every resumption ends
 the stream with the closing events of a cancelled response, and no later item starts. The answer
 is what the session hands in (an echo of the last commit); everything streamed is kept in
-:attr:`ResponseRun.sent_audio`. No trio, no sockets.
+:attr:`ResponseRun.sent_audio` (unless told not to: then only its length, :attr:`sent_bytes`).
+No trio, no sockets.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class ResponseRun:
         input_tokens: (text, audio) tokens the response's input costs, for ``usage``.
         omit_fields: leave ``id`` and ``status`` out of the ``response`` of ``response.created``
             and ``response.done`` (the SDK types both optional).
+        keep_audio: keep a copy of everything streamed in :attr:`sent_audio` (False: only its
+            length, :attr:`sent_bytes`).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class ResponseRun:
         metadata: dict[str, str] | None,
         input_tokens: tuple[int, int],
         omit_fields: bool = False,
+        keep_audio: bool = True,
     ) -> None:
         if not speech:
             raise ValueError("a response speaks at least one item")
@@ -127,7 +131,10 @@ class ResponseRun:
         self.done = False
         """True once the closing events are produced: the response is no longer active."""
         self.sent_audio = bytearray()
-        """Every item's audio streamed so far, in order."""
+        """Every item's audio streamed so far, in order (empty unless ``keep_audio``)."""
+        self.sent_bytes = 0
+        """How much audio has been streamed so far."""
+        self._keep_audio = keep_audio
         self._new_item = new_item
         self._speech = speech
         self._chunk_bytes = chunk_bytes
@@ -219,8 +226,10 @@ class ResponseRun:
         for index, chunk in enumerate(chunks):
             if self.cancel_requested:
                 break
-            self.sent_audio += chunk
-            output.item.audio += chunk
+            self.sent_bytes += len(chunk)
+            if self._keep_audio:
+                self.sent_audio += chunk
+            output.item.add_audio(chunk)
             events = [
                 {
                     "type": "response.output_audio.delta",
@@ -295,7 +304,7 @@ class ResponseRun:
     def _usage(self) -> dict[str, Any]:
         text_in, audio_in = self._input_tokens
         text_out = sum(len(output.transcript.split()) for output in self._outputs)
-        audio_out = len(self.sent_audio) // BYTES_PER_MS // _OUTPUT_AUDIO_MS_PER_TOKEN
+        audio_out = self.sent_bytes // BYTES_PER_MS // _OUTPUT_AUDIO_MS_PER_TOKEN
         return {
             "total_tokens": text_in + audio_in + text_out + audio_out,
             "input_tokens": text_in + audio_in,

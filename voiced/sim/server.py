@@ -4,10 +4,13 @@
 (:meth:`Simulator.handle_stream`, for in-memory tests). It owns what the sans-IO session cannot:
 the HTTP-level handshake (a wrong path, or a faulted gateway, is rejected before the upgrade), the
 reader loop, one task per streaming response paced on trio's clock (so ``autojump_clock`` makes it
-instant and deterministic), session expiry, and closing the socket with the codes the real server
-uses. Every connection is recorded as a :class:`SimConnection` for tests and logs. The same port
-serves the client-secret endpoint (:mod:`voiced.sim.http`); each mint is recorded as a
-:class:`~voiced.sim.mint.SimMint`, and its secret opens sessions until it expires.
+instant and deterministic), session expiry, closing the socket with the codes the real server
+uses, and the faults of :class:`~voiced.sim.faults.SimFaults` (refused, reset, stalled, silent
+and garbage-spewing connections). Every connection is recorded as a :class:`SimConnection` for
+tests and logs. The same port serves the client-secret endpoint (:mod:`voiced.sim.http`); each
+mint is recorded as a :class:`~voiced.sim.mint.SimMint`, and its secret opens sessions until it
+expires. A simulator made with ``record=False`` (inside the daemon) records nothing: its memory
+stays flat however many turns and connections it serves.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import dataclasses
 import json
 import logging
 import random
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from voiced.sim.faults import SimFaults as SimFaults
+from voiced.sim.faults import garbage
 from voiced.sim.http import ReplayStream, answer, read_head
 from voiced.sim.mint import MINT_PATHS, Minter, SimMint, status_phrase
 from voiced.sim.response import ResponseRun
@@ -41,37 +48,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 plain HTTP request)."""
 CLOSE_TIMEOUT_S = 5.0
 """How long the server waits for the client's half of a closing handshake."""
-
-
-@dataclass
-class SimFaults:
-    """Fault switches, read when each connection starts; tests flip them between connections."""
-
-    handshake_status: int | None = None
-    """Reject the HTTP upgrade with this status (e.g. 401), like a proxy or gateway would."""
-    expire_after: float | None = None
-    """Seconds (trio clock) after connecting: send ``session_expired``, then close 1001; the
-    session's ``expires_at`` says so (None: an hour, and the session is never ended)."""
-    fail_event: str | None = None
-    """Answer client events of this type (all, or the first ``fail_count``) with a
-    ``server_error`` carrying the event's ``event_id``, instead of handling them (they are still
-    recorded), like the real server's transient internal errors. Nothing changes: a failed
-    ``input_audio_buffer.commit`` leaves its audio in the buffer, as on the real server, so the
-    next commit holds both turns unless the client sends ``input_audio_buffer.clear`` first."""
-    fail_count: int | None = None
-    """Fail only the first this many ``fail_event`` events of each connection (None: all)."""
-    preamble_ms: int = 0
-    """When > 0, every response speaks two items: a preamble (output_index 0, this much of a
-    quiet tone, transcript "one moment"), then the answer (output_index 1, the echo)."""
-    omit_response_fields: bool = False
-    """Leave ``id`` and ``status`` out of the ``response`` of ``response.created`` and
-    ``response.done`` (the SDK types both optional; a client must still handle the events)."""
-    mint_status: int | None = None
-    """Answer every client-secret request that has the right key with this HTTP status and an
-    OpenAI-style error (e.g. 429, 500) instead of minting; read at each request."""
-    mint_code: str | None = None
-    """The ``error.code`` of the ``mint_status`` answer (e.g. ``insufficient_quota``,
-    ``rate_limit_exceeded``; None: null)."""
+AUDIO_DELTA = "response.output_audio.delta"
+APPEND = "input_audio_buffer.append"
 
 
 @dataclass(eq=False)
@@ -89,6 +67,10 @@ class SimConnection:
     close_reason: str | None = None
     closed: trio.Event = field(default_factory=trio.Event, repr=False)
     """Set when the connection has ended."""
+    aborted: bool = False
+    """The server reset the connection (a ``drop_after_*`` fault): no close frame was sent."""
+    garbage_sent: int = 0
+    """Garbage frames sent (the ``garbage_every`` fault)."""
 
     @property
     def received(self) -> list[dict[str, Any]]:
@@ -135,6 +117,11 @@ class Simulator:
         clock: the wall clock, Unix seconds: the ``expires_at`` of sessions and client secrets,
             and whether a secret is still valid when a connection presents it. A test may pass
             its own to move time forward.
+        record: keep every connection in :attr:`connections`, with every event and all the
+            audio of its session, and every mint in :attr:`mints` (for tests). False, for a
+            simulator that runs for months inside a daemon: keep nothing but what live
+            connections need (see :class:`~voiced.sim.session.SimSession`);
+            :attr:`open_connections` still shows the connections in progress.
     """
 
     def __init__(
@@ -149,6 +136,7 @@ class Simulator:
         preamble_ms: int = 0,
         omit_response_fields: bool = False,
         clock: Callable[[], float] = time.time,
+        record: bool = True,
     ) -> None:
         if pace < 0 or think < 0:
             raise ValueError(f"pace and think must be >= 0, got {pace} and {think}")
@@ -157,6 +145,14 @@ class Simulator:
         if preamble_ms < 0:
             raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
         self.connections: list[SimConnection] = []
+        """Every accepted connection, in order (when recording)."""
+        self.open_connections: list[SimConnection] = []
+        """The connections in progress, in order, recording or not."""
+        self.accepted = 0
+        """How many connections were accepted (their sessions are numbered by it)."""
+        self.refused = 0
+        """How many connection attempts the ``refuse_connections`` fault refused."""
+        self.record = record
         self.faults = faults if faults is not None else SimFaults()
         if preamble_ms:
             self.faults.preamble_ms = preamble_ms
@@ -168,7 +164,7 @@ class Simulator:
         self._jitter = jitter
         self._chunk_ms = chunk_ms
         self._clock = clock
-        self._minter = Minter(api_key=api_key, clock=clock)
+        self._minter = Minter(api_key=api_key, clock=clock, record=record)
 
     @property
     def mints(self) -> list[SimMint]:
@@ -205,6 +201,15 @@ class Simulator:
         A WebSocket upgrade becomes a session; any other request is answered as plain HTTP
         (the client-secret endpoint), then the connection closes.
         """
+        if self.faults.refuse_connections > 0:
+            self.faults.refuse_connections -= 1
+            self.refused += 1
+            logger.info(
+                "sim refused a connection (fault; %d more to refuse)",
+                self.faults.refuse_connections,
+            )
+            await _reset(stream)
+            return
         async with stream, trio.open_nursery() as nursery:
             request: WebSocketRequest | None = None
             with (
@@ -226,11 +231,11 @@ class Simulator:
                         fault_code=faults.mint_code,
                     )
             if request is not None:
-                await self._handle_request(request)
+                await self._handle_request(request, stream)
             # Stops trio-websocket's reader task, which lives in this nursery.
             nursery.cancel_scope.cancel()
 
-    async def _handle_request(self, request: WebSocketRequest) -> None:
+    async def _handle_request(self, request: WebSocketRequest, stream: trio.abc.Stream) -> None:
         url = urlsplit(request.path)
         if not url.path.endswith("/realtime"):
             await _reject(request, 404, f"Invalid URL (GET {url.path})")
@@ -240,7 +245,8 @@ class Simulator:
         if status is not None:
             await _reject(request, status, status_phrase(status))
             return
-        number = len(self.connections) + 1
+        self.accepted += 1
+        number = self.accepted
         session = SimSession(
             api_key=self._api_key,
             session_id=f"sess_{number:04d}",
@@ -251,6 +257,7 @@ class Simulator:
             omit_response_fields=faults.omit_response_fields,
             secrets=self._minter.secrets,
             duration_s=faults.expire_after or SESSION_DURATION_S,
+            record=self.record,
         )
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
@@ -258,11 +265,15 @@ class Simulator:
         }
         conn = SimConnection(request.path, dict(parse_qsl(url.query)), headers, session)
         # Recorded before accepting, so a client that sees the upgrade succeed finds its record.
-        self.connections.append(conn)
+        if self.record:
+            self.connections.append(conn)
+        self.open_connections.append(conn)
         try:
             ws = await request.accept()
         except ConnectionClosed:
-            self.connections.remove(conn)
+            self.open_connections.remove(conn)
+            if self.record:
+                self.connections.remove(conn)
             return
         # Only the path and model: a query string may carry a key (Azure's ``api-key``).
         logger.info(
@@ -271,6 +282,7 @@ class Simulator:
         handler = _Handler(
             conn,
             ws,
+            stream,
             number=number,
             pace=self._pace,
             think=self._think,
@@ -280,8 +292,11 @@ class Simulator:
         try:
             await handler.run()
         finally:
+            self.open_connections.remove(conn)
             conn.closed.set()
-            if conn.close_code is not None:
+            if conn.aborted:
+                how = "by the server: reset, with no close frame (fault)"
+            elif conn.close_code is not None:
                 how = f"by the server, code {conn.close_code} ({conn.close_reason})"
             else:
                 how = f"by the client: {ws.closed}"
@@ -289,12 +304,14 @@ class Simulator:
 
 
 class _Handler:
-    """Runs one accepted connection: the reader, response streams, expiry, the fatal close."""
+    """Runs one accepted connection: the reader, response streams, expiry, the fatal close, and
+    the connection's faults."""
 
     def __init__(
         self,
         conn: SimConnection,
         ws: WebSocketConnection,
+        stream: trio.abc.Stream,
         *,
         number: int,
         pace: float,
@@ -306,13 +323,15 @@ class _Handler:
         self._conn = conn
         self._session = conn.session
         self._ws = ws
+        self._stream_under = stream  # the TCP stream under the WebSocket, for a reset
         self._pace = pace
         self._think = think
         self._jitter = jitter
         self._random = random.Random(number)  # the same jitter on every run
-        self._expire_after = faults.expire_after
-        self._fail_event = faults.fail_event
+        self._faults = faults
         self._fail_left = faults.fail_count
+        self._appends = 0
+        self._events_out = 0
         self._send_lock = trio.Lock()
         self._tasks = trio.CancelScope()
         self._closing = False
@@ -320,11 +339,16 @@ class _Handler:
 
     async def run(self) -> None:
         started = trio.current_time()
+        if self._faults.silent_open:
+            logger.info("sim connection %d stays silent (fault)", self._number)
+            await self._drop_messages()
+            return
         with self._tasks:
             async with trio.open_nursery() as nursery:
                 await self._apply(self._session.open(self._conn.headers, self._conn.query), nursery)
-                if self._expire_after is not None:
-                    nursery.start_soon(self._expire, started + self._expire_after, nursery)
+                expire_after = self._faults.expire_after
+                if expire_after is not None:
+                    nursery.start_soon(self._expire, started + expire_after, nursery)
                 await self._read(nursery)
                 nursery.cancel_scope.cancel()
         if self._conn.close_code is not None:
@@ -332,35 +356,46 @@ class _Handler:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await self._ws.aclose(self._conn.close_code, self._conn.close_reason)
 
+    async def _drop_messages(self) -> None:
+        """Read and drop every message until the client goes: trio-websocket answers pings
+        only while its messages are being read."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self._ws.get_message()
+
     async def _read(self, nursery: trio.Nursery) -> None:
         while True:
             try:
                 message = await self._ws.get_message()
             except ConnectionClosed:
                 return
-            before = len(self._session.received)
             outcome = self._fail(message) or self._session.receive(message)
-            if len(self._session.received) > before:
-                event = self._session.received[-1]
+            event = self._session.last_event
+            if event is not None:
                 logger.debug("sim %d <- %s", self._number, event.get("type"))
+                if event.get("type") == APPEND and self._faults.drop_after_appends is not None:
+                    self._appends += 1
+                    if self._appends >= self._faults.drop_after_appends:
+                        await self._abort(f"after {self._appends} appends")
+                        return
             await self._apply(outcome, nursery)
 
     def _fail(self, message: str | bytes) -> Outcome | None:
         """The ``fail_event`` fault: a server error in place of handling the event, so the
         session's state (the input audio buffer included) is left as it was."""
-        if self._fail_event is None or isinstance(message, bytes):
+        if self._faults.fail_event is None or isinstance(message, bytes):
             return None  # a binary frame is refused by the session, whatever it holds
         try:
             event = json.loads(message)
         except (ValueError, RecursionError):
             return None
-        if not isinstance(event, dict) or event.get("type") != self._fail_event:
+        if not isinstance(event, dict) or event.get("type") != self._faults.fail_event:
             return None
         if self._fail_left is not None:
             if self._fail_left <= 0:
                 return None
             self._fail_left -= 1
-        self._session.received.append(event)
+        self._session.note(event)
         event_id = event.get("event_id")
         error = {
             "type": "server_error",
@@ -391,7 +426,9 @@ class _Handler:
             return await self._send_locked(events)
 
     async def _send_locked(self, events: list[dict[str, Any]]) -> bool:
-        """Stamp and send ``events`` in order; False once the socket is closed or closing."""
+        """Stamp and send ``events`` in order (each N-th followed by garbage, when so faulted);
+        False once the socket is closed or closing."""
+        every = self._faults.garbage_every
         for event in events:
             if self._closing:
                 return False
@@ -399,15 +436,29 @@ class _Handler:
             logger.debug("sim %d -> %s %s", self._number, stamped["type"], stamped["event_id"])
             try:
                 await self._ws.send_message(json.dumps(stamped))
+                self._events_out += 1
+                if every is not None and self._events_out % every == 0:
+                    await self._ws.send_message(garbage(self._conn.garbage_sent))
+                    self._conn.garbage_sent += 1
             except ConnectionClosed:
                 return False
         return True
 
     async def _stream(self, run: ResponseRun) -> None:
         await self._pause(run, self._think)
+        drop_after = self._faults.drop_after_deltas
+        stall_after = self._faults.stall_after_deltas
+        sent = 0  # audio deltas of this response
         for step in run.steps():
             if not await self._send(step.events):
                 return
+            sent += sum(event["type"] == AUDIO_DELTA for event in step.events)
+            if drop_after is not None and sent >= drop_after:
+                await self._abort(f"after {sent} deltas of {run.id}")
+                return
+            if stall_after is not None and sent >= stall_after:
+                logger.info("sim connection %d: %s stalls (fault)", self._number, run.id)
+                await trio.sleep_forever()  # no cancel wakes it: the connection's end does
             # With pace 0 this is still a checkpoint, so the reader gets to handle a
             # response.cancel between any two deltas.
             late = self._random.uniform(-self._jitter, self._jitter) if step.audio_seconds else 0
@@ -425,6 +476,23 @@ class _Handler:
     async def _expire(self, deadline: float, nursery: trio.Nursery) -> None:
         await trio.sleep_until(deadline)
         await self._apply(self._session.expire(), nursery)
+
+    async def _abort(self, why: str) -> None:
+        """A ``drop_after_*`` fault: reset the TCP stream, with no close frame, and stop."""
+        self._closing = True
+        self._conn.aborted = True
+        logger.info("sim connection %d reset %s (fault)", self._number, why)
+        await _reset(self._stream_under)
+        self._tasks.cancel()
+
+
+async def _reset(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once; over TCP with a reset (RST), as a dropped link or a killed
+    proxy does, rather than an orderly FIN."""
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(stream)
 
 
 async def _reject(request: WebSocketRequest, status: int, message: str) -> None:

@@ -6,7 +6,10 @@ input audio buffer, conversation, the response in flight) and answers each messa
 :class:`Outcome`: the events to send, and whether to close the socket, start streaming a response,
 or wake the response being cancelled. Events come back without ``event_id``;
 :meth:`SimSession.stamp` adds one as each goes on the wire, so ids follow wire order even when the
-response task and the reader interleave. No trio, no sockets.
+response task and the reader interleave. A session made with ``record=False`` keeps only what
+the protocol needs (the effective config, the buffer, the last commit, the response in flight, the
+latest items without their audio), so it stays the same size however long it lives. No trio, no
+sockets.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ MIN_COMMIT_BYTES = 100 * BYTES_PER_MS
 MAX_APPEND_CHARS = 15 * 1024 * 1024
 SILENCE_MS = 500
 """The reply when nothing was committed yet."""
+UNRECORDED_MAX_ITEMS = 200
+"""How many conversation items a session that does not record holds (the oldest go first)."""
 
 SESSION_EXPIRED = "Your session hit the maximum duration of 60 minutes."
 AUTH_CLOSE_REASON = "invalid_request_error.invalid_api_key"
@@ -78,6 +83,10 @@ class SimSession:
         secrets: client secrets minted for this key, by value; one whose ``expires_at`` is
             after ``now`` is accepted as the bearer token too, and the session starts with its
             configuration.
+        record: keep every event received and sent, every commit's and every response's audio,
+            and every conversation item with its audio, for tests. False (a long-running
+            daemon): none of it; the conversation keeps at most :data:`UNRECORDED_MAX_ITEMS`
+            items, with only the length of their audio.
     """
 
     def __init__(
@@ -92,19 +101,27 @@ class SimSession:
         omit_response_fields: bool = False,
         secrets: Mapping[str, SimMint] | None = None,
         duration_s: float = SESSION_DURATION_S,
+        record: bool = True,
     ) -> None:
         if preamble_ms < 0:
             raise ValueError(f"preamble_ms must be >= 0, got {preamble_ms}")
+        self.record = record
         self.received: list[dict[str, Any]] = []
-        """Every client message that parsed as a JSON object, valid or not, in arrival order."""
+        """Every client message that parsed as a JSON object, valid or not, in arrival order
+        (when recording)."""
         self.sent: list[dict[str, Any]] = []
-        """Every stamped server event, in wire order."""
+        """Every stamped server event, in wire order (when recording)."""
         self.committed_audio: list[bytes] = []
-        """The PCM of each successful commit."""
+        """The PCM of each successful commit (when recording)."""
         self.runs: list[ResponseRun] = []
+        """Every response, in order (when recording)."""
+        self.last_event: dict[str, Any] | None = None
+        """The client event the last message parsed to (None: it was not a JSON object)."""
         self.config: dict[str, Any] = {}
         """The effective session; empty until :meth:`open` succeeds."""
-        self.conversation = Conversation()
+        self.conversation = Conversation(
+            keep_audio=record, max_items=None if record else UNRECORDED_MAX_ITEMS
+        )
         self._api_key = api_key
         self._session_id = session_id
         self._conversation_id = session_id.replace("sess_", "conv_", 1)
@@ -116,6 +133,9 @@ class SimSession:
         self._now = now
         self._expires_at = int(now + duration_s)
         self._buffer = bytearray()
+        self._last_commit: bytes | None = None
+        self._run: ResponseRun | None = None
+        self._spoke = False  # a finished response streamed audio: the voice is locked
         self._counters: dict[str, itertools.count[int]] = {}
         self._handlers: dict[str, Callable[[dict[str, Any]], Outcome | Problem]] = {
             "session.update": self._session_update,
@@ -139,14 +159,25 @@ class SimSession:
 
     @property
     def active(self) -> ResponseRun | None:
-        run = self.runs[-1] if self.runs else None
-        return run if run is not None and not run.done else None
+        """The response in flight; a finished one is let go here."""
+        run = self._run
+        if run is not None and run.done:
+            self._spoke = self._spoke or run.sent_bytes > 0
+            self._run = run = None
+        return run
 
     def stamp(self, event: dict[str, Any]) -> dict[str, Any]:
         """Give ``event`` the next ``event_id`` and record it as sent."""
         stamped = {"event_id": self._next_id("event"), **event}
-        self.sent.append(stamped)
+        if self.record:
+            self.sent.append(stamped)
         return stamped
+
+    def note(self, event: dict[str, Any]) -> None:
+        """``event`` arrived (as :attr:`last_event`, and recorded when recording)."""
+        self.last_event = event
+        if self.record:
+            self.received.append(event)
 
     def open(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Outcome:
         """Check an accepted upgrade (header names lower-cased); ``session.created`` or a close.
@@ -183,6 +214,7 @@ class SimSession:
 
     def receive(self, message: str | bytes) -> Outcome:
         """Parse one WebSocket message and handle it."""
+        self.last_event = None
         if isinstance(message, bytes):
             problem = Problem(
                 "invalid_json", "Binary frames are not supported; send events as JSON text."
@@ -199,7 +231,7 @@ class SimSession:
 
     def handle(self, event: dict[str, Any]) -> Outcome:
         """Record and handle one parsed client event."""
-        self.received.append(event)
+        self.note(event)
         problem = check_event(event)
         result = problem or self._handlers[event["type"]](event)
         if isinstance(result, Problem):
@@ -212,7 +244,8 @@ class SimSession:
         return f"{prefix}_{next(counter):04d}"
 
     def _session_update(self, event: dict[str, Any]) -> Outcome | Problem:
-        voice_locked = any(run.sent_audio for run in self.runs)
+        active = self.active
+        voice_locked = self._spoke or (active is not None and active.sent_bytes > 0)
         updated = apply_update(self.config, event["session"], voice_locked=voice_locked)
         if isinstance(updated, Problem):
             return updated
@@ -245,9 +278,11 @@ class SimSession:
             return Problem("input_audio_buffer_commit_empty", message)
         audio = bytes(self._buffer)
         self._buffer.clear()
-        self.committed_audio.append(audio)
+        self._last_commit = audio
+        if self.record:
+            self.committed_audio.append(audio)
         content = [{"type": "input_audio", "transcript": None}]
-        item = Item(self._next_id("item"), "user", content, audio=bytearray(audio))
+        item = self.conversation.new_item(self._next_id("item"), "user", content, audio=audio)
         previous = self.conversation.add(item)
         events: list[dict[str, Any]] = [
             {
@@ -309,9 +344,8 @@ class SimSession:
             return invalid_type("response.metadata", "a map of strings", metadata)
         if options.get("instructions") is not None:
             session["instructions"] = options["instructions"]
-        silence = bytes(SILENCE_MS * BYTES_PER_MS)
-        reply = self.committed_audio[-1] if self.committed_audio else silence
-        user_ms = sum(len(i.audio) for i in self.conversation.items if i.role == "user")
+        reply = self._last_commit or bytes(SILENCE_MS * BYTES_PER_MS)
+        user_ms = sum(i.audio_bytes for i in self.conversation.items if i.role == "user")
         text_tokens = len(str(session["instructions"]).split())
         audio_tokens = input_audio_tokens(user_ms // BYTES_PER_MS)
         speech = [Speech(reply, f"echo of {len(reply) // BYTES_PER_MS} ms")]
@@ -328,12 +362,17 @@ class SimSession:
             metadata=metadata,
             input_tokens=(text_tokens, audio_tokens),
             omit_fields=self._omit_response_fields,
+            keep_audio=self.record,
         )
-        self.runs.append(run)
+        self._run = run
+        if self.record:
+            self.runs.append(run)
         return Outcome(start=run)
 
     def _new_assistant_item(self) -> tuple[Item, str | None]:
-        item = Item(self._next_id("item"), "assistant", [], status="in_progress")
+        item = self.conversation.new_item(
+            self._next_id("item"), "assistant", [], status="in_progress"
+        )
         return item, self.conversation.add(item)
 
     def _response_cancel(self, event: dict[str, Any]) -> Outcome | Problem:

@@ -270,20 +270,28 @@ async def _cancel_at_end(watched: _EndWatch, scope: trio.CancelScope) -> None:
 
 
 class _EndWatch(trio.abc.Stream):
-    """A stream that tells when the other side has closed it (``ended``)."""
+    """A stream that tells when the other side has closed or reset it (``ended``)."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self.ended = trio.Event()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self.inner.receive_some(max_bytes)
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()  # reset by the peer: trio-websocket would not tell the handshake
+            raise
         if not data:
             self.ended.set()
         return bytes(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
+        try:
+            await self.inner.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
