@@ -396,7 +396,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         port = getattr(http.value.get("port"), "value", 8787)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as answer:
-                print(f"live: {json.load(answer)}")
+                print(f"live: {json.dumps(json.load(answer))}")
         except OSError as exc:  # a 503 is an answer too
             body = getattr(exc, "read", lambda: b"")()
             print(f"live: {body.decode(errors='replace').strip() or exc}")
