@@ -5,8 +5,8 @@ of it: 202 accepted, 409 not in this state (a commit while idle), 503 not now (t
 is not ready, or the daemon gave no verdict in time). ``POST /commit?reply=false`` (or the body
 ``{"reply": false}``) sends what was heard without asking for an answer. ``GET /volume`` reads and
 ``POST /volume`` sets the speaker's volume; ``GET /status`` is the daemon's status as JSON;
-``GET /healthz`` answers 200 while connected to the realtime server and 503 (with the last error)
-otherwise; ``GET /metrics`` is the Prometheus text format; ``GET /events`` streams what the daemon
+``GET /healthz`` answers 200 while a turn can be taken (connected, no device failing), else 503
+with why; ``GET /metrics`` is the Prometheus text format; ``GET /events`` streams what the daemon
 shows, its turns and transcripts as Server-Sent Events. ``HEAD`` works wherever ``GET`` does.
 
 It binds 127.0.0.1 unless told otherwise, and anywhere else only with a bearer token, which every
