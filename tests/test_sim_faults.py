@@ -414,7 +414,7 @@ async def test_refuse_connections_resets_the_next_attempts(
         await assert_reset(port)
         assert (sim.refused, sim.faults.refuse_connections) == (1, 1)
         # trio-websocket's client does not notice a reset during its handshake (0.12.2): only
-        # a timeout ends the attempt, as voiced's connect_timeout does.
+        # a timeout ends the attempt (voiced's transport watches the stream for it instead).
         with trio.move_on_after(10) as hung:
             async with connect(port):
                 pass
